@@ -1,0 +1,18 @@
+# Echo's workflow. Build everything:   snakemake --cores all results/tables.md
+# The nodes (commands, inputs, outputs, params slices) are defined once in echo/pipeline/dag.py;
+# each workflow/rules/<stage>.smk turns that stage's nodes into rules. dvc.yaml is generated from
+# the same registry (python -m echo.pipeline dvc).
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/corpus.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/tables.md",

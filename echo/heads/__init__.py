@@ -1,0 +1,89 @@
+"""Light heads on the shared 512-d encoder latent, and the losses that specialise it stage by stage.
+
+Every head reads the encoder's output: latents ``(B, T, D)`` (float, 25 tokens/s, 40 ms each) and a
+boolean padding mask ``(B, T)`` (True = valid frame).
+
+- :mod:`echo.heads.pooling`: attentive statistics pooling (masked).
+- :mod:`echo.heads.arcface`: additive angular margin softmax (ArcFace).
+- :mod:`echo.heads.speaker`: :class:`~echo.heads.speaker.SpeakerHead`, L2-normalised embeddings.
+- :mod:`echo.heads.vq`: vector-quantisation bottleneck on frame latents.
+- :mod:`echo.heads.ctc`: CTC phoneme head (continuous or through the VQ bottleneck), greedy decode.
+- :mod:`echo.heads.router`: null-target K-set prediction (slots + existence logits).
+- :mod:`echo.heads.pit`: Hungarian permutation-invariant matching and the K-set loss.
+- :mod:`echo.heads.guard`: non-interference guards (freezing, latent distillation, L2-SP anchor).
+
+This package module only holds the checkpoint format shared by the heads; submodules are not
+imported here so that ``import echo.heads.pit`` does not pull in every head.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import torch
+
+from echo.errors import CacheMismatchError, ConfigError, EchoError
+from echo.io import atomic_path
+
+__all__ = ["CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "config_from_dict"]
+
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, kind: str, config: Any, state_dict: dict[str, torch.Tensor],
+                    extra: dict[str, Any] | None = None) -> None:
+    """Write a head checkpoint atomically: ``{kind, version, config, extra, state_dict}``.
+
+    Only plain Python values and tensors are stored, so :func:`load_checkpoint` can use
+    ``torch.load(weights_only=True)`` (no pickled code is executed on load).
+
+    Args:
+        path: destination file (conventionally ``*.pt``).
+        kind: the head's name, checked on load (e.g. ``"speaker"``).
+        config: a dataclass instance (stored as a dict) or a dict of dataclass dicts.
+        state_dict: the module's ``state_dict()``; tensors are moved to CPU.
+        extra: other plain values the head needs to rebuild itself (e.g. the phone inventory).
+    """
+    cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    payload = {
+        "kind": kind,
+        "version": CHECKPOINT_VERSION,
+        "config": cfg,
+        "extra": extra or {},
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` and check its kind and version.
+
+    Raises:
+        EchoError: the file is missing.
+        CacheMismatchError: the file holds another head or an unknown format version.
+    """
+    if not os.path.exists(path):
+        raise EchoError(f"{path}: head checkpoint not found")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("kind") != kind:
+        got = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
+        raise CacheMismatchError(f"{path}: expected a '{kind}' head checkpoint, got {got!r}")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise CacheMismatchError(
+            f"{path}: checkpoint version {payload.get('version')!r}, expected {CHECKPOINT_VERSION}")
+    return payload
+
+
+def config_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Rebuild a frozen config dataclass from a dict, converting lists back to tuples.
+
+    Raises:
+        ConfigError: unknown keys (names the first one).
+    """
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key, expected one of {sorted(fields)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

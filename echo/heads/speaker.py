@@ -1,0 +1,87 @@
+"""Speaker head: masked attentive statistics pooling -> projection -> L2-normalised embedding.
+
+The layout follows the x-vector/ECAPA tail: ``pool (2D) -> BN -> Linear -> BN -> L2 norm``. The
+embedding is trained with :class:`echo.heads.arcface.ArcFaceLoss` and clustered by VBx downstream.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from echo.errors import ConfigError
+from echo.heads import config_from_dict, load_checkpoint, save_checkpoint
+from echo.heads.pooling import VARIANTS, AttentiveStatsPooling, PoolingConfig
+
+__all__ = ["SpeakerConfig", "SpeakerHead"]
+
+
+@dataclass(frozen=True)
+class SpeakerConfig:
+    """Speaker embedding head.
+
+    Attributes:
+        d_model: encoder latent width (>= 1).
+        emb_dim: embedding width (>= 1).
+        pooling: ``"okabe"`` or ``"ecapa"`` (see :mod:`echo.heads.pooling`).
+        attention_dim: hidden width of the pooling scorer (>= 1).
+        batchnorm: batch-normalise the pooled statistics and the projection (x-vector style).
+    """
+
+    d_model: int = 512
+    emb_dim: int = 256
+    pooling: str = "okabe"
+    attention_dim: int = 128
+    batchnorm: bool = True
+
+    def __post_init__(self) -> None:
+        if self.d_model < 1:
+            raise ConfigError(f"speaker.d_model: expected >= 1, got {self.d_model}")
+        if self.emb_dim < 1:
+            raise ConfigError(f"speaker.emb_dim: expected >= 1, got {self.emb_dim}")
+        if self.pooling not in VARIANTS:
+            raise ConfigError(f"speaker.pooling: expected one of {VARIANTS}, got {self.pooling!r}")
+        if self.attention_dim < 1:
+            raise ConfigError(f"speaker.attention_dim: expected >= 1, got {self.attention_dim}")
+
+
+class SpeakerHead(nn.Module):
+    """``(B, T, d_model)`` latents + mask -> ``(B, emb_dim)`` unit-norm speaker embeddings."""
+
+    def __init__(self, config: SpeakerConfig = SpeakerConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.pool = AttentiveStatsPooling(PoolingConfig(config.d_model, config.attention_dim, config.pooling))
+        d2 = self.pool.output_dim
+        self.pool_norm = nn.BatchNorm1d(d2) if config.batchnorm else nn.Identity()
+        self.proj = nn.Linear(d2, config.emb_dim)
+        self.emb_norm = nn.BatchNorm1d(config.emb_dim) if config.batchnorm else nn.Identity()
+
+    def forward(self, latents: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Embed a batch of (padded) latent sequences.
+
+        Args:
+            latents: ``(B, T, d_model)``.
+            mask: bool ``(B, T)``, True = valid; None = all valid.
+
+        Returns:
+            ``(B, emb_dim)`` L2-normalised embeddings. (In training mode with batch norm, B must
+            be > 1.)
+        """
+        pooled = self.pool_norm(self.pool(latents, mask))
+        return F.normalize(self.emb_norm(self.proj(pooled)), dim=-1)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write config and weights (see :func:`echo.heads.save_checkpoint`)."""
+        save_checkpoint(path, "speaker", self.config, self.state_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SpeakerHead":
+        """Rebuild a :class:`SpeakerHead` written by :meth:`save` (on CPU, in eval mode)."""
+        ck = load_checkpoint(path, "speaker")
+        head = cls(config_from_dict(SpeakerConfig, ck["config"], "speaker"))
+        head.load_state_dict(ck["state_dict"])
+        return head.eval()

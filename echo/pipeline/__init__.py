@@ -1,0 +1,1 @@
+"""The workflow: a registry of nodes (the one source of truth for Snakemake and DVC) and their steps."""

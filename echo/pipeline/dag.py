@@ -1,0 +1,76 @@
+"""The workflow's nodes: the single source of truth that both Snakemake and DVC are built from.
+
+Each :class:`Node` is one concrete job (wildcards already expanded): its command, the files it
+reads (data and the package sources whose edits should re-run it), the files it writes, the
+params keys it depends on (its *slice* of params.yaml), and its metrics. ``workflow/rules/*.smk``
+turn the nodes of a stage into Snakemake rules; ``python -m echo.pipeline dvc`` writes
+``dvc.yaml`` from the same list, and a test checks the committed file is up to date.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Node", "SPLITS", "nodes", "node", "STAGES"]
+
+SPLITS = ("train", "dev", "test")
+STAGES = ("corpus", "features", "simulation", "pretrain", "probe", "report")
+
+
+@dataclass(frozen=True)
+class Node:
+    """One workflow job."""
+
+    name: str
+    stage: str
+    step: str  # function in echo.pipeline.steps
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]
+    params: tuple[str, ...]
+    code: tuple[str, ...]
+    wildcards: tuple[tuple[str, str], ...] = ()
+    metrics: tuple[str, ...] = ()
+    gpu: int = 0
+    threads: int = 1
+    dirs: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def cmd(self) -> str:
+        return f"python -m echo.pipeline run {self.name}"
+
+    @property
+    def log(self) -> str:
+        return f"logs/{self.name}.log"
+
+    @property
+    def benchmark(self) -> str:
+        return f"logs/benchmarks/{self.name}.tsv"
+
+    @property
+    def all_outs(self) -> tuple[str, ...]:
+        return self.outs + self.metrics
+
+
+def _code(*mods: str) -> tuple[str, ...]:
+    return ("echo/pipeline/steps.py",) + tuple(mods)
+
+
+def nodes() -> list[Node]:
+    """All nodes in a topological order."""
+    out: list[Node] = [Node(
+        "corpus", "corpus", "corpus", deps=(), outs=("data/corpus",), params=("corpus",),
+        code=_code("echo/corpus/embedded.py", "echo/corpus/espeak.py", "echo/corpus/speakers.py",
+                   "echo/corpus/texts.py", "echo/corpus/adapters.py", "echo/corpus/stats.py"),
+        metrics=("results/corpus_stats.json",), threads=2, dirs=frozenset({"data/corpus"}))]
+    for s in SPLITS:
+        out.append(Node(
+            f"features_{s}", "features", "features", deps=("data/corpus",), outs=(f"data/features/{s}",),
+            params=("features",), code=_code("echo/features.py"), wildcards=(("split", s),),
+            dirs=frozenset({f"data/features/{s}"})))
+    return out
+
+
+def node(name: str) -> Node:
+    for n in nodes():
+        if n.name == name:
+            return n
+    raise KeyError(name)

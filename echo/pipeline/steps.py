@@ -1,0 +1,57 @@
+"""The body of every workflow node. Each step reads its inputs, writes its outputs atomically and
+returns small extras (artifacts) for MLflow; ``node`` carries the paths, ``raw`` the params."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from echo.config import load_section
+from echo.io import write_json
+
+log = logging.getLogger("echo.pipeline")
+
+
+def _flat_numbers(d: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_numbers(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def corpus(node, raw, run):
+    """Build the utterance manifest (embedded espeak-ng corpus or a real corpus) and its statistics."""
+    from echo.corpus.stats import corpus_stats
+
+    out = Path(node.outs[0])
+    source = raw["corpus"]["source"]
+    if source == "embedded":
+        from echo.corpus.embedded import build_embedded_corpus
+
+        df = build_embedded_corpus(load_section(raw, "corpus.embedded"), out)
+    else:
+        from echo.corpus.adapters import build_real_corpus
+
+        df = build_real_corpus(load_section(raw, "corpus.real"), out, source=source)
+    stats = corpus_stats(df)
+    stats["source"] = source
+    write_json(node.metrics[0], stats)
+    if run:
+        run.log_metrics(_flat_numbers(stats))
+
+
+def features(node, raw, run):
+    """Log-mel features of one split into the sharded cache (phone labels from the alignment)."""
+    from echo.corpus import manifest as mf
+    from echo.features import build_feature_cache, phone_inventory
+
+    split = dict(node.wildcards)["split"]
+    fe = load_section(raw, "features")
+    full = mf.read(Path(node.deps[0]) / "manifest.parquet")
+    inventory = phone_inventory(full)  # all splits: one phone set, so ids agree across splits
+    df = full[full["split"] == split].reset_index(drop=True)
+    cache = build_feature_cache(df, fe, Path(node.outs[0]), inventory)
+    if run:
+        run.log_metrics({"utterances": len(cache), "frames": float(cache.stats["frames"])})

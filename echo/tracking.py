@@ -1,0 +1,171 @@
+"""MLflow tracking on a SQLite backend: one parent run per workflow invocation, one child per job.
+
+Why the parent is made up front: when several processes open a fresh SQLite store at once, MLflow's
+schema migrations collide and corrupt it (``_alembic_tmp_tags already exists``). The workflow's
+``onstart`` hook (or the first node when run alone, e.g. by ``dvc repro``) creates the database,
+the experiment and the parent run once; parallel jobs only append child runs afterwards.
+
+The store lives in the working directory (``mlflow.db``, artifacts under ``mlartifacts/``), so
+``mlflow ui --backend-store-uri sqlite:///mlflow.db`` run there shows everything.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["tracking_uri", "start_parent", "parent_run_id", "NodeRun", "node_run", "git_commit", "flatten"]
+
+log = logging.getLogger(__name__)
+EXPERIMENT = "echo"
+PARENT_FILE = Path(".echo") / "mlflow_parent_run"
+
+
+def _quiet_env() -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+def tracking_uri(workdir: str | Path | None = None) -> str:
+    """``sqlite:///<workdir>/mlflow.db`` (absolute, so every job agrees regardless of its cwd)."""
+    return f"sqlite:///{Path(workdir or Path.cwd()).resolve() / 'mlflow.db'}"
+
+
+def _client(workdir: str | Path | None = None):
+    _quiet_env()
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri(workdir))
+
+
+def _experiment_id(client, workdir: str | Path | None = None) -> str:
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is not None:
+        return exp.experiment_id
+    art = (Path(workdir or Path.cwd()).resolve() / "mlartifacts").as_uri()
+    return client.create_experiment(EXPERIMENT, artifact_location=art)
+
+
+def git_commit(workdir: str | Path | None = None) -> str | None:
+    """Commit hash of the working tree (suffixed ``-dirty`` when it has changes), or None."""
+    try:
+        cwd = str(workdir or Path.cwd())
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def start_parent(run_name: str = "workflow", workdir: str | Path | None = None, tags: dict | None = None) -> str:
+    """Create the DB, experiment and a parent run; remember its id for the jobs of this invocation."""
+    client = _client(workdir)
+    exp = _experiment_id(client, workdir)
+    all_tags = {"echo.kind": "workflow", "git_commit": git_commit(workdir) or "none", **(tags or {})}
+    run = client.create_run(exp, run_name=run_name, tags=all_tags)
+    client.set_terminated(run.info.run_id, "RUNNING")
+    path = Path(workdir or Path.cwd()) / PARENT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run.info.run_id)
+    return run.info.run_id
+
+
+def finish_parent(status: str = "FINISHED", workdir: str | Path | None = None) -> None:
+    rid = parent_run_id(workdir, create=False)
+    if rid:
+        _client(workdir).set_terminated(rid, status)
+
+
+def parent_run_id(workdir: str | Path | None = None, create: bool = True) -> str | None:
+    """The current invocation's parent run id; a node run on its own (``dvc repro``) makes one."""
+    path = Path(workdir or Path.cwd()) / PARENT_FILE
+    if path.exists():
+        return path.read_text().strip()
+    return start_parent("standalone", workdir) if create else None
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    """Flatten nested params into ``a.b.c -> value`` strings (MLflow params are flat strings)."""
+    out: dict[str, str] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = str(d)[:6000]
+    return out
+
+
+class NodeRun:
+    """A child run for one workflow job: metrics, curves and small artifacts go here."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Log finite scalar metrics (non-finite values are skipped: MLflow rejects NaN in SQLite)."""
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()
+                 if v is not None and isinstance(v, (int, float)) and math.isfinite(float(v))]
+        for i in range(0, len(batch), 900):
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        p = Path(path)
+        if p.is_dir():
+            self.client.log_artifacts(self.run_id, str(p), artifact_path)
+        elif p.exists():
+            self.client.log_artifact(self.run_id, str(p), artifact_path)
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+
+
+@contextlib.contextmanager
+def node_run(node: str, params: dict, wildcards: dict | None = None, workdir: str | Path | None = None,
+             enabled: bool = True) -> Iterator[NodeRun | None]:
+    """Open a child run tagged with rule, wildcards, params hash and git commit.
+
+    Args:
+        node: workflow node (job) name.
+        params: the node's params slice (logged flattened; its hash is a tag).
+        wildcards: wildcard values of the job.
+        enabled: ``False`` yields ``None`` (e.g. library use outside the workflow).
+    """
+    if not enabled:
+        yield None
+        return
+    from mlflow.entities import Param
+
+    from echo.config import params_hash
+
+    client = _client(workdir)
+    exp = _experiment_id(client, workdir)
+    parent = parent_run_id(workdir)
+    tags = {"mlflow.parentRunId": parent, "echo.kind": "node", "rule": node,
+            "wildcards": ",".join(f"{k}={v}" for k, v in (wildcards or {}).items()),
+            "params_hash": params_hash(params), "git_commit": git_commit(workdir) or "none"}
+    run = client.create_run(exp, run_name=node, tags=tags)
+    flat = flatten(params)
+    items = [Param(k[:250], v) for k, v in sorted(flat.items())]
+    for i in range(0, len(items), 90):
+        client.log_batch(run.info.run_id, params=items[i:i + 90])
+    nr = NodeRun(client, run.info.run_id)
+    try:
+        yield nr
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")

@@ -66,6 +66,11 @@ def nodes() -> list[Node]:
             f"features_{s}", "features", "features", deps=("data/corpus",), outs=(f"data/features/{s}",),
             params=("features",), code=_code("echo/features.py"), wildcards=(("split", s),),
             dirs=frozenset({f"data/features/{s}"})))
+    out.append(Node(
+        "tables", "report", "tables",
+        deps=("results/corpus_stats.json",) + tuple(f"data/features/{s}" for s in SPLITS),
+        outs=("results/tables.md",), params=("profile",), code=_code("echo/pipeline/report.py"),
+        metrics=("results/metrics.json",)))
     return out
 
 

@@ -35,4 +35,35 @@ def run_node(name: str, params_path: Path, mlflow: bool = True) -> None:
                 run.log_artifact(m)
             for k, v in result.get("artifacts", {}).items():
                 run.log_artifact(v, k)
+    _write_timing(n, time.time() - t0)
     log.info("node %s: done in %.1f s", name, time.time() - t0)
+
+
+def device_name() -> str:
+    """The machine a node ran on, in words (GPU name, or CPU model and thread count)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    model = "cpu"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def _write_timing(n, wall: float) -> None:
+    """Wall time, peak memory and device per node, for the header of results/tables.md."""
+    import resource
+
+    from echo.io import write_json
+    from echo.tracking import git_commit
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    write_json(Path("logs/timings") / f"{n.name}.json",
+               {"node": n.name, "wall_s": round(wall, 2), "peak_rss_mb": round(peak_mb, 1),
+                "device": device_name(), "git_commit": git_commit()})

@@ -55,3 +55,15 @@ def features(node, raw, run):
     cache = build_feature_cache(df, fe, Path(node.outs[0]), inventory)
     if run:
         run.log_metrics({"utterances": len(cache), "frames": float(cache.stats["frames"])})
+
+
+def tables(node, raw, run):
+    """results/tables.md (what this run produced, with commit and params) and results/metrics.json."""
+    from echo.io import write_text
+    from echo.pipeline.report import render
+
+    md, metrics = render(raw)
+    write_text(node.outs[0], md)
+    write_json(node.metrics[0], metrics)
+    if run:
+        run.log_metrics(_flat_numbers(metrics))

@@ -1,0 +1,66 @@
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from echo import audio
+from echo.errors import AudioError
+
+
+def _tone(sr, seconds=0.5, f=440.0):
+    t = np.arange(int(sr * seconds)) / sr
+    return (0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32)
+
+
+def test_wav_stereo_44k_is_mono_16k(tmp_path):
+    x = _tone(44100)
+    p = tmp_path / "a.wav"
+    sf.write(p, np.stack([x, x], 1), 44100)
+    y = audio.load(p)
+    assert y.dtype == np.float32 and y.ndim == 1
+    assert abs(len(y) - 8000) <= 1
+    # a 440 Hz tone stays a 440 Hz tone after resampling
+    spec = np.abs(np.fft.rfft(y))
+    assert abs(np.argmax(spec) * 16000 / len(y) - 440) < 5
+
+
+def test_read_segment_flac(tmp_path):
+    x = np.linspace(-0.5, 0.5, 16000, dtype=np.float32)
+    p = tmp_path / "a.flac"
+    sf.write(p, x, 16000, subtype="PCM_16")
+    seg = audio.read_segment(p, 1000, 500)
+    np.testing.assert_allclose(seg, x[1000:1500], atol=1e-4)
+    with pytest.raises(AudioError, match="truncated"):
+        audio.read_segment(p, 15900, 500)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg CLI not installed")
+def test_m4a_through_ffmpeg(tmp_path):
+    src = tmp_path / "a.wav"
+    sf.write(src, _tone(16000, 1.0), 16000)
+    dst = tmp_path / "a.m4a"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(src), "-c:a", "aac", str(dst)], check=True)
+    y = audio.load(dst)
+    assert abs(len(y) - 16000) < 2048  # AAC priming/padding
+    assert np.abs(y).max() > 0.1
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "directory", "text", "nan"])
+def test_bad_input_one_line(tmp_path, case):
+    p = tmp_path / "x.wav"
+    if case == "empty":
+        p.write_bytes(b"")
+    elif case == "directory":
+        p.mkdir()
+    elif case == "text":
+        p.write_text("this is not audio\n" * 10)
+    elif case == "nan":
+        x = _tone(16000)
+        x[100] = np.nan
+        sf.write(p, x, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError) as e:
+        audio.load(p)
+    msg = str(e.value)
+    assert "\n" not in msg and str(p) in msg

@@ -26,6 +26,7 @@ from typing import Mapping
 
 from pyannote.core import Annotation, Segment, Timeline
 from pyannote.metrics.diarization import DiarizationErrorRate, JaccardErrorRate
+from tqdm import tqdm
 
 from echo.errors import ConfigError, EchoError
 from echo.io import write_text
@@ -106,7 +107,7 @@ def score_diarization(
         raise EchoError(f"hypothesis uri {extra[0]!r} has no reference annotation")
     uems = uems or {}
     per_recording = []
-    for uri in sorted(refs):
+    for uri in tqdm(sorted(refs), desc="DER", unit="rec", disable=None, leave=False):
         ref = refs[uri]
         hyp = hyps.get(uri)
         if hyp is None:
@@ -174,7 +175,7 @@ def read_rttm(path: str | os.PathLike) -> dict[str, Annotation]:
             raise EchoError(f"{path}:{n}: negative duration {dur}")
         ann = out.setdefault(uri, Annotation(uri=uri))
         if dur > 0:
-            seg = Segment(onset, onset + dur)
+            seg = Segment(onset, round(onset + dur, 6))  # drop float noise of the sum
             ann[seg, ann.new_track(seg)] = spk
     return out
 
@@ -186,6 +187,9 @@ def format_rttm(annotations: Mapping[str, Annotation] | Annotation) -> str:
     lines = []
     for uri in sorted(annotations):
         rows = sorted((s.start, s.end, str(label)) for s, _, label in annotations[uri].itertracks(yield_label=True))
+        bad = [x for x in [uri] + [r[2] for r in rows] if not x or any(c.isspace() for c in x)]
+        if bad:
+            raise EchoError(f"RTTM: uri/speaker label {bad[0]!r} is empty or contains whitespace")
         for start, end, label in rows:
             lines.append(f"SPEAKER {uri} 1 {start:.3f} {end - start:.3f} <NA> <NA> {label} <NA> <NA>")
     return "".join(line + "\n" for line in lines)

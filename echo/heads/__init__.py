@@ -18,6 +18,7 @@ imported here so that ``import echo.heads.pit`` does not pull in every head.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from typing import Any
 
@@ -53,8 +54,12 @@ def save_checkpoint(path: str | os.PathLike, kind: str, config: Any, state_dict:
         "extra": extra or {},
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
     }
+    # Serialise to memory: torch.save into a named file embeds that (random temporary) name in the
+    # zip archive, and identical weights must give identical bytes.
+    buf = io.BytesIO()
+    torch.save(payload, buf)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buf.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str) -> dict[str, Any]:

@@ -1,0 +1,314 @@
+"""Short mixtures of K = 1..k_max sources for source routing and separation, with clean references.
+
+Each mixture is a window of ``duration_s`` seconds. In ``full`` mode every source is cropped from
+a long enough utterance to cover the whole window (shorter utterances are placed at a random
+onset); in ``partial`` mode each source covers a random span of at least ``min_active_s``. Each
+source keeps its scaled signal aligned to the mixture (after gain, reverberation if any, and the
+mixture's peak limiting), so ``mixture = sum(sources) + noise`` holds exactly before 16-bit storage,
+and its phone alignment shifted into mixture time and clipped to the window.
+
+Storage: for each mixture the shard holds ``[mixture | source_0 | ... | source_{K-1}]`` back to back;
+``mixtures.parquet`` has one row per mixture and ``sources.parquet`` one row per source (with its own
+shard offset and alignment). Read it with :class:`MixtureSet`.
+
+Run (the lead's workflow does this per split)::
+
+    from echo.corpus import manifest
+    from echo.simulate.mixtures import MixtureConfig, simulate_mixtures
+    simulate_mixtures(manifest.read("data/manifest.parquet", "train"), MixtureConfig(), "data/sim/mixtures/train")
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from echo.audio import SAMPLE_RATE
+from echo.errors import ConfigError, EchoError
+from echo.io import atomic_dir, read_json, write_json, write_parquet
+from echo.simulate.conversations import PEAK, overlap_ratio
+from echo.simulate.room import (RoomConfig, apply_rir, check_range, check_value, noise_at_snr, normalise_fields,
+                                room_config, simulate_rirs)
+from echo.simulate.shards import AUDIO_FORMATS, ShardWriter, read_shard
+from echo.simulate.utterances import UtterancePool
+
+__all__ = ["MixtureConfig", "Mixture", "make_mixture", "simulate_mixtures", "MixtureSet", "MixtureItem"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MixtureConfig:
+    """Mixture simulation (params.yaml: ``simulate.mixtures``).
+
+    Attributes:
+        seed: base seed; a mixture's generator is seeded by (seed, split, K, index).
+        k_max: default source counts are 1..k_max.
+        n_per_k: default number of mixtures per source count.
+        duration_s: window length in seconds.
+        full_overlap_prob: probability of ``full`` mode (all sources span the window), else ``partial``.
+        min_active_s: shortest span of a source in ``partial`` mode (also capped by the utterance).
+        gain_db: per-source gain range (dB) around the -25 dBFS utterance level.
+        snr_db: additive noise SNR range (dB, w.r.t. speech power), or None for no noise.
+        noise_exponent: range of the noise's spectral exponent (0 white, 1 pink, 2 brown).
+        reverb_prob: probability that a mixture is reverberated; its sources are then the
+            reverberant images (targets stay ``mixture - noise`` decompositions).
+        room: room ranges for reverberation.
+        min_pause_s: alignment pauses at least this long count as inactive in ``achieved_overlap``.
+        shard_hours: audio hours (mixtures and sources together) per shard file.
+        audio_format: ``flac`` (compact) or ``npy`` (int16, memory-mappable).
+    """
+
+    seed: int = 0
+    k_max: int = 4
+    n_per_k: int = 1000
+    duration_s: float = 4.0
+    full_overlap_prob: float = 0.5
+    min_active_s: float = 1.0
+    gain_db: tuple[float, float] = (-5.0, 5.0)
+    snr_db: tuple[float, float] | None = (10.0, 30.0)
+    noise_exponent: tuple[float, float] = (0.0, 2.0)
+    reverb_prob: float = 0.0
+    room: RoomConfig = field(default_factory=RoomConfig)
+    min_pause_s: float = 0.3
+    shard_hours: float = 1.0
+    audio_format: str = "flac"
+
+    def __post_init__(self):
+        p = "simulate.mixtures"
+        normalise_fields(self)
+        object.__setattr__(self, "room", room_config(self.room, p))
+        check_value(f"{p}.seed", self.seed, 0, 2**32 - 1, int)
+        check_value(f"{p}.k_max", self.k_max, 1, 20, int)
+        check_value(f"{p}.n_per_k", self.n_per_k, 0, 10**8, int)
+        check_value(f"{p}.duration_s", self.duration_s, 0.25, 60.0)
+        check_value(f"{p}.full_overlap_prob", self.full_overlap_prob, 0.0, 1.0)
+        check_value(f"{p}.min_active_s", self.min_active_s, 0.0, self.duration_s)
+        check_range(f"{p}.gain_db", self.gain_db, -40.0, 20.0)
+        if self.snr_db is not None:
+            check_range(f"{p}.snr_db", self.snr_db, -10.0, 80.0)
+        check_range(f"{p}.noise_exponent", self.noise_exponent, 0.0, 3.0)
+        check_value(f"{p}.reverb_prob", self.reverb_prob, 0.0, 1.0)
+        check_value(f"{p}.min_pause_s", self.min_pause_s, 0.0, 10.0)
+        check_value(f"{p}.shard_hours", self.shard_hours, 0.001, 100.0)
+        if self.audio_format not in AUDIO_FORMATS:
+            raise ConfigError(f"{p}.audio_format: expected one of {AUDIO_FORMATS}, got {self.audio_format!r}")
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """One simulated mixture in memory (float32, before 16-bit storage).
+
+    Attributes:
+        mixture: ``[n]`` = ``sources.sum(0) + noise``.
+        sources: ``[K, n]`` scaled source signals aligned to the mixture.
+        noise: ``[n]`` additive noise (zeros without noise).
+        speakers, utt_ids: per source.
+        onsets, lengths: each source's span in the window (samples).
+        crops: each span's start inside the trimmed utterance.
+        gains_db: per source.
+        phones, phone_start, phone_end: per source, alignment in mixture samples, clipped to its span.
+        intervals: per source ``[m, 2]`` speech intervals in mixture samples.
+        mode: ``full`` or ``partial``; info: ``snr_db``, ``noise_exponent``, ``reverb``, ``rt60``.
+    """
+
+    mixture: np.ndarray
+    sources: np.ndarray
+    noise: np.ndarray
+    speakers: tuple[str, ...]
+    utt_ids: tuple[str, ...]
+    onsets: tuple[int, ...]
+    lengths: tuple[int, ...]
+    crops: tuple[int, ...]
+    gains_db: tuple[float, ...]
+    phones: tuple[tuple[str, ...], ...]
+    phone_start: tuple[np.ndarray, ...]
+    phone_end: tuple[np.ndarray, ...]
+    intervals: tuple[np.ndarray, ...]
+    mode: str
+    info: dict
+
+
+def _clip(start: np.ndarray, end: np.ndarray, shift: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    s, e = np.clip(start + shift, lo, hi), np.clip(end + shift, lo, hi)
+    keep = e > s
+    return s[keep], e[keep], keep
+
+
+def make_mixture(pool: UtterancePool, k: int, cfg: MixtureConfig, rng: np.random.Generator) -> Mixture:
+    """Build one mixture of ``k`` distinct speakers of the pool.
+
+    Args:
+        pool: the split's utterances.
+        k: number of sources.
+        cfg: mixture settings.
+        rng: the mixture's generator.
+
+    Returns:
+        The mixture with its sources, noise and per-source alignments.
+    """
+    n = int(round(cfg.duration_s * SAMPLE_RATE))
+    min_active = max(1, int(round(cfg.min_active_s * SAMPLE_RATE)))
+    speakers = tuple(str(s) for s in rng.choice(pool.speakers, size=k, replace=False))
+    mode = "full" if rng.random() < cfg.full_overlap_prob else "partial"
+    sources = np.zeros((k, n), np.float32)
+    utts, onsets, lengths, crops, gains, phones, pstart, pend, ivs = [], [], [], [], [], [], [], [], []
+    for j, spk in enumerate(speakers):
+        utt = pool.draw(spk, rng).next()
+        u = utt.num_samples
+        span = n if mode == "full" else int(rng.integers(min(min_active, n), n + 1))
+        a = min(u, span)
+        onset = int(rng.integers(0, n - a + 1))
+        crop = int(rng.integers(0, u - a + 1))
+        g = float(rng.uniform(*cfg.gain_db))
+        sources[j, onset:onset + a] = pool.audio(utt)[crop:crop + a] * np.float32(10 ** (g / 20))
+        shift = onset - crop
+        ps, pe, keep = _clip(utt.phone_start, utt.phone_end, shift, onset, onset + a)
+        s0, s1, _ = _clip(utt.intervals[:, 0], utt.intervals[:, 1], shift, onset, onset + a)
+        utts.append(utt.utt_id), onsets.append(onset), lengths.append(a), crops.append(crop), gains.append(g)
+        phones.append(tuple(p for p, kp in zip(utt.phones, keep) if kp)), pstart.append(ps), pend.append(pe)
+        ivs.append(np.stack([s0, s1], axis=1))
+    info = {"reverb": False, "rt60": float("nan"), "snr_db": float("nan"), "noise_exponent": float("nan")}
+    if rng.random() < cfg.reverb_prob:
+        rirs, room = simulate_rirs(k, cfg.room, rng)
+        sources = np.stack([apply_rir(s, h) for s, h in zip(sources, rirs)])
+        info.update(reverb=True, rt60=room["rt60"])
+    speech = sources.sum(axis=0)
+    noise = np.zeros(n, np.float32)
+    if cfg.snr_db is not None:
+        active = np.zeros(n, bool)
+        for iv in ivs:
+            for s, e in iv:
+                active[s:e] = True
+        snr, expo = float(rng.uniform(*cfg.snr_db)), float(rng.uniform(*cfg.noise_exponent))
+        noise = noise_at_snr(speech, active, snr, expo, rng)
+        info.update(snr_db=snr, noise_exponent=expo)
+    # one factor for everything keeps mixture == sum(sources) + noise and no stored signal clips
+    peak = max(float(np.max(np.abs(speech + noise))), float(np.max(np.abs(sources))))
+    scale = np.float32(PEAK / peak) if peak > PEAK else np.float32(1.0)
+    sources, noise = sources * scale, noise * scale
+    mixture = sources.sum(axis=0) + noise
+    return Mixture(mixture.astype(np.float32), sources.astype(np.float32), noise.astype(np.float32), speakers,
+                   tuple(utts), tuple(onsets), tuple(lengths), tuple(crops), tuple(gains), tuple(phones),
+                   tuple(pstart), tuple(pend), tuple(ivs), mode, info)
+
+
+def _generator(seed: int, split: str, k: int, index: int) -> np.random.Generator:
+    # a different stream from conversations (tag 1) so the two sets do not mirror each other
+    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(split.encode()), 1, k, index]))
+
+
+def simulate_mixtures(manifest_df: pd.DataFrame, cfg: MixtureConfig, out_dir: str | Path,
+                      k_values: tuple[int, ...] | None = None, n_per_k: int | None = None) -> Path:
+    """Simulate mixtures from one split's utterances and write them to ``out_dir`` atomically.
+
+    Output: ``mixtures.parquet``, ``sources.parquet``, ``audio/shard-*.{flac,npy}``, ``stats.json``,
+    ``stats.png``, ``config.json``.
+
+    Args:
+        manifest_df: ``echo.corpus.manifest.read(path, split)``: the rows of ONE split.
+        cfg: simulation settings.
+        out_dir: output directory (replaced as a whole).
+        k_values: source counts (default ``1..cfg.k_max``).
+        n_per_k: mixtures per source count (default ``cfg.n_per_k``).
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        EchoError: a table with several splits, or a K larger than the split's number of speakers.
+    """
+    from echo.simulate.stats import mixture_stats, plot_stats
+
+    k_values = tuple(range(1, cfg.k_max + 1)) if k_values is None else tuple(int(k) for k in k_values)
+    n_per_k = cfg.n_per_k if n_per_k is None else int(n_per_k)
+    pool = UtterancePool(manifest_df, int(round(cfg.min_pause_s * SAMPLE_RATE)))
+    if not k_values or min(k_values) < 1 or max(k_values) > len(pool.speakers):
+        raise EchoError(f"simulate mixtures ({pool.split}): K values {list(k_values)} need 1 <= K <= "
+                        f"{len(pool.speakers)} (the split's number of speakers)")
+    out_dir = Path(out_dir)
+    rows, src_rows = [], []
+    with atomic_dir(out_dir) as tmp:
+        shards = ShardWriter(tmp, int(cfg.shard_hours * 3600 * SAMPLE_RATE), cfg.audio_format)
+        jobs = [(k, i) for k in k_values for i in range(n_per_k)]
+        for k, i in tqdm(jobs, desc=f"mixtures {pool.split}", disable=not sys.stderr.isatty()):
+            m = make_mixture(pool, k, cfg, _generator(cfg.seed, pool.split, k, i))
+            mix_id = f"{pool.split}_mix_k{k}_{i:07d}"
+            n = m.mixture.shape[0]
+            shard, offset = shards.add(m.mixture, *m.sources)
+            ratio, over, speech = overlap_ratio(dict(enumerate(m.intervals)), n)
+            rows.append({"mix_id": mix_id, "split": pool.split, "k": k, "speakers": list(m.speakers),
+                         "utt_ids": list(m.utt_ids), "mode": m.mode, "shard": shard, "offset": offset,
+                         "num_samples": n, "duration": n / SAMPLE_RATE, "achieved_overlap": ratio,
+                         "speech_s": speech / SAMPLE_RATE, "overlap_s": over / SAMPLE_RATE, **m.info})
+            for j in range(k):
+                src_rows.append({"mix_id": mix_id, "slot": j, "speaker": m.speakers[j], "utt_id": m.utt_ids[j],
+                                 "shard": shard, "offset": offset + (j + 1) * n, "onset": m.onsets[j],
+                                 "length": m.lengths[j], "crop": m.crops[j], "gain_db": m.gains_db[j],
+                                 "align_phone": list(m.phones[j]), "align_start": m.phone_start[j].tolist(),
+                                 "align_end": m.phone_end[j].tolist()})
+        shards.close()
+        table = pd.DataFrame(rows, columns=_MIXTURE_COLUMNS)
+        write_parquet(table, tmp / "mixtures.parquet")
+        write_parquet(pd.DataFrame(src_rows, columns=_SOURCE_COLUMNS), tmp / "sources.parquet")
+        write_json(tmp / "stats.json", mixture_stats(table))
+        plot_stats(table, tmp / "stats.png", title=f"mixtures ({pool.split})")
+        write_json(tmp / "config.json", {"config": asdict(cfg), "k_values": list(k_values), "n_per_k": n_per_k,
+                                         "split": pool.split})
+    log.info("wrote %d mixtures to %s", len(rows), out_dir)
+    return out_dir
+
+
+_MIXTURE_COLUMNS = ["mix_id", "split", "k", "speakers", "utt_ids", "mode", "shard", "offset", "num_samples",
+                    "duration", "achieved_overlap", "speech_s", "overlap_s", "snr_db", "noise_exponent", "reverb", "rt60"]
+_SOURCE_COLUMNS = ["mix_id", "slot", "speaker", "utt_id", "shard", "offset", "onset", "length", "crop", "gain_db",
+                   "align_phone", "align_start", "align_end"]
+
+
+@dataclass(frozen=True)
+class MixtureItem:
+    """One stored mixture: ``mixture [n]``, ``sources [K, n]`` (float32, 16 kHz), per-source
+    ``alignments`` as ``(phones, start, end)`` in mixture samples, ``speakers`` and ``utt_ids``."""
+
+    mix_id: str
+    mixture: np.ndarray
+    sources: np.ndarray
+    alignments: list[tuple[list[str], np.ndarray, np.ndarray]]
+    speakers: list[str]
+    utt_ids: list[str]
+
+
+class MixtureSet:
+    """Reader of a directory written by :func:`simulate_mixtures`.
+
+    ``MixtureSet(d)[i]`` is a :class:`MixtureItem`; ``.table`` / ``.sources`` are the Parquet tables.
+    """
+
+    def __init__(self, out_dir: str | Path):
+        self.root = Path(out_dir)
+        path = self.root / "mixtures.parquet"
+        if not path.exists():
+            raise EchoError(f"{path}: not found; expected the output directory of simulate_mixtures")
+        self.table = pd.read_parquet(path)
+        self.sources = pd.read_parquet(self.root / "sources.parquet")
+        self._by_mix = self.sources.groupby("mix_id", sort=False).indices
+        self.config = read_json(self.root / "config.json")
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> MixtureItem:
+        r = self.table.iloc[i]
+        n = int(r["num_samples"])
+        src = self.sources.iloc[np.sort(self._by_mix[r["mix_id"]])].sort_values("slot")
+        block = read_shard(self.root, r["shard"], int(r["offset"]), n * (1 + len(src)))
+        alignments = [(list(s.align_phone), np.asarray(s.align_start, np.int64), np.asarray(s.align_end, np.int64))
+                      for s in src.itertuples(index=False)]
+        return MixtureItem(r["mix_id"], block[:n], block[n:].reshape(len(src), n), alignments,
+                           list(src["speaker"]), list(src["utt_id"]))

@@ -9,6 +9,7 @@ configfile: "params.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/features.smk"
+include: "workflow/rules/simulation.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -31,8 +32,15 @@ SCHEMA_PATH = ROOT / "workflow" / "schemas" / "params.schema.yaml"
 
 # params path -> "module:Class". The only place where params.yaml meets the package.
 SECTIONS: dict[str, str] = {
+    "corpus.real": "echo.corpus.adapters:RealCorpusConfig",
     "features": "echo.features:FrontEnd",
+    "simulation.conversations": "echo.simulate.conversations:ConversationConfig",
+    "simulation.mixtures": "echo.simulate.mixtures:MixtureConfig",
+    "simulation.sets": "echo.simulate.sets:SimulationSets",
 }
+# Keys a section's dataclass takes from elsewhere in params.yaml (one key chooses the corpus).
+INJECT: dict[str, dict[str, str]] = {"corpus.real": {"source": "corpus.source"}}
+REAL_SOURCES = ("voxceleb2", "voxceleb1", "librispeech")
 
 
 def load_raw(path: str | Path) -> dict:
@@ -72,7 +80,13 @@ def validate_raw(raw: dict, source: str = "params.yaml") -> dict:
 def load_section(raw: dict, path: str, source: str = "params.yaml"):
     """Build the frozen config object of one params section (``path`` like ``"pretrain"``)."""
     cls = _resolve(SECTIONS[path])
-    return build(cls, _get(raw, path), f"{source}: {path}")
+    data = dict(_get(raw, path) or {})
+    for key, other in INJECT.get(path, {}).items():
+        value = _get(raw, other)
+        if path == "corpus.real" and value not in REAL_SOURCES:
+            value = "librispeech"  # embedded corpus: still type-check the real-corpus section
+        data[key] = value
+    return build(cls, data, f"{source}: {path}")
 
 
 def build(cls, data: dict | None, where: str):
@@ -89,8 +103,10 @@ def build(cls, data: dict | None, where: str):
     try:
         return cls(**kwargs)
     except ConfigError as e:
-        msg = str(e)
-        raise ConfigError(msg if msg.startswith(where.split(":")[0]) else f"{where.split(':')[0]}: {msg}") from None
+        # components name keys by their own section name ("real_corpus.workers: ..."); re-anchor the
+        # message at the params path the user actually wrote ("corpus.real.workers: ...")
+        m = re.match(r"^(?:[^:]+: )?[A-Za-z_]+\.([\w./\[\]]+): (.*)$", str(e))
+        raise ConfigError(f"{where}.{m.group(1)}: {m.group(2)}" if m else f"{where}: {e}") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
 

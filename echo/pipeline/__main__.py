@@ -2,6 +2,7 @@
 
     python -m echo.pipeline run NODE        # run one node (what Snakemake and DVC call)
     python -m echo.pipeline dvc [--check]   # write dvc.yaml from the node registry (or check it)
+    python -m echo.pipeline schema [--check] # write the params JSON schema from the config dataclasses
     python -m echo.pipeline validate        # validate params.yaml (one line on error)
     python -m echo.pipeline parent NAME     # create the MLflow DB + parent run (Snakemake onstart)
 """
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--params", default="params.yaml")
     v = sub.add_parser("validate")
     v.add_argument("--params", default="params.yaml")
+    sc = sub.add_parser("schema")
+    sc.add_argument("--check", action="store_true")
     p = sub.add_parser("parent")
     p.add_argument("name", nargs="?", default="workflow")
     args = ap.parse_args(argv)
@@ -46,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                 print("dvc.yaml is up to date")
             else:
                 write_dvc_yaml(Path("dvc.yaml"), Path(args.params))
+        elif args.cmd == "schema":
+            from echo.pipeline.schema import check_schema, write_schema
+
+            check_schema() if args.check else write_schema()
         elif args.cmd == "validate":
             from echo.config import load_raw, validate_raw
 

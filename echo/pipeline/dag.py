@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 __all__ = ["Node", "SPLITS", "nodes", "node", "STAGES"]
 
 SPLITS = ("train", "dev", "test")
+SIMULATED = {"conversations": ("dev", "test"), "mixtures": ("train", "dev", "test")}
 STAGES = ("corpus", "features", "simulation", "pretrain", "probe", "report")
 
 
@@ -66,9 +67,21 @@ def nodes() -> list[Node]:
             f"features_{s}", "features", "features", deps=("data/corpus",), outs=(f"data/features/{s}",),
             params=("features",), code=_code("echo/features.py"), wildcards=(("split", s),),
             dirs=frozenset({f"data/features/{s}"})))
+    sim_code = _code("echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py",
+                     "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py",
+                     "echo/simulate/rttm.py", "echo/simulate/sets.py")
+    for kind, splits in SIMULATED.items():
+        for s in splits:
+            out.append(Node(
+                f"{kind}_{s}", "simulation", "simulate", deps=("data/corpus",),
+                outs=(f"data/sim/{kind}/{s}", f"results/figures/{kind}_{s}.png"),
+                params=(f"simulation.{kind}", f"simulation.sets.{kind}_{s}"), code=sim_code,
+                wildcards=(("kind", kind), ("split", s)), metrics=(f"results/simulation/{kind}_{s}.json",),
+                dirs=frozenset({f"data/sim/{kind}/{s}"})))
     out.append(Node(
         "tables", "report", "tables",
-        deps=("results/corpus_stats.json",) + tuple(f"data/features/{s}" for s in SPLITS),
+        deps=("results/corpus_stats.json",) + tuple(f"data/features/{s}" for s in SPLITS)
+        + tuple(f"results/simulation/{k}_{s}.json" for k, ss in SIMULATED.items() for s in ss),
         outs=("results/tables.md",), params=("profile",), code=_code("echo/pipeline/report.py"),
         metrics=("results/metrics.json",)))
     return out

@@ -2,6 +2,7 @@
 returns small extras (artifacts) for MLflow; ``node`` carries the paths, ``raw`` the params."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -34,7 +35,12 @@ def corpus(node, raw, run):
     else:
         from echo.corpus.adapters import build_real_corpus
 
-        df = build_real_corpus(load_section(raw, "corpus.real"), out, source=source)
+        cfg = load_section(raw, "corpus.real")
+        if not cfg.root:
+            from echo.errors import ConfigError
+
+            raise ConfigError(f"params.yaml: corpus.real.root: expected the directory holding {source}, got an empty string")
+        df = build_real_corpus(cfg, out)
     stats = corpus_stats(df)
     stats["source"] = source
     write_json(node.metrics[0], stats)
@@ -67,3 +73,33 @@ def tables(node, raw, run):
     write_json(node.metrics[0], metrics)
     if run:
         run.log_metrics(_flat_numbers(metrics))
+
+
+def simulate(node, raw, run):
+    """Simulated conversations (diarization) or mixtures (routing) of one split, with statistics."""
+    import shutil
+
+    from echo.config import params_slice
+    from echo.corpus import manifest as mf
+    from echo.io import atomic_path
+
+    w = dict(node.wildcards)
+    kind, split = w["kind"], w["split"]
+    spec = load_section(raw, "simulation.sets").spec(kind, split)
+    cfg = load_section(raw, f"simulation.{kind}")
+    df = mf.read(Path(node.deps[0]) / "manifest.parquet", split=split)
+    out = Path(node.outs[0])
+    if kind == "conversations":
+        from echo.simulate.conversations import simulate_conversations
+
+        simulate_conversations(df, cfg, out, k_values=list(spec.k), n_per_k=spec.n_per_k)
+    else:
+        from echo.simulate.mixtures import simulate_mixtures
+
+        simulate_mixtures(df, cfg, out, k_values=list(spec.k), n_per_k=spec.n_per_k)
+    stats = json.loads((out / "stats.json").read_text())
+    write_json(node.metrics[0], stats)
+    with atomic_path(node.outs[1]) as tmp:
+        shutil.copyfile(out / "stats.png", tmp)
+    if run:
+        run.log_metrics(_flat_numbers(stats))

@@ -1,0 +1,21 @@
+# Stage "simulation": one rule per node of this stage in echo/pipeline/dag.py.
+for _n in [n for n in dag.nodes() if n.stage == "simulation"]:
+
+    rule:
+        name:
+            _n.name
+        input:
+            node_inputs(_n),
+        output:
+            node_outputs(_n),
+        params:
+            slice=params_slice(config, _n.params),
+        log:
+            _n.log,
+        benchmark:
+            _n.benchmark
+        threads: _n.threads
+        resources:
+            gpu=_n.gpu,
+        shell:
+            _n.cmd + " > {log} 2>&1"

@@ -1,0 +1,310 @@
+"""What the shared latent can do after a stage: the probes of the stage ablation.
+
+Measured identically after every stage (pretraining, +speaker, +phonetic, +routing, with or
+without VQ) on the TEST split's held-out speakers, from a model and a
+:class:`echo.features.FeatureCache`:
+
+- **views** (written out in ``docs/metrics.md``):
+
+  - *latent view*: the shared encoder latent; utterance = mean over valid tokens, frame = token.
+  - *speaker view*: utterance = the speaker head's embedding of the whole utterance; frame = the
+    speaker head applied to that single token (a one-token sequence: its mean/std statistics
+    pass through the head's projection). Without a speaker head: the latent view.
+  - *content view*: frame = the CTC head's frame representation (``content_layer="hidden"``:
+    the input of its output layer, i.e. the last hidden layer, or the latent itself for a
+    linear head; ``"posterior"``: the CTC posteriors); utterance = mean over valid tokens. The
+    continuous CTC head is used, the VQ one only when it is the only one. Without a CTC head:
+    the latent view.
+
+  So for the pretrained encoder both views are the latent and the gap is 0 by construction; the
+  row's information is the raw latent probes (``latent_*``).
+- **probes** (:mod:`echo.metrics.probe`): k-NN speaker identification (enrol/probe split of every
+  test speaker's utterances) and k-NN frame phoneme classification (speaker-disjoint halves of
+  the test speakers); the factorisation gap in points, both directions;
+- **PER** of greedy CTC decoding, continuous head and VQ head when present (corpus rate, with a
+  bootstrap CI over utterances);
+- **EER** of cosine scoring of speaker-view utterance embeddings on test-speaker trials.
+
+A token's phone label is the cache's frame label at the token's centre frame.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from echo.corpus.manifest import SILENCE
+from echo.errors import ConfigError, EchoError
+from echo.evaluate import ModelParts, encode_batch, model_parts
+from echo.heads.ctc import ctc_greedy_decode
+from echo.metrics.asr import phoneme_error_rate
+from echo.metrics.bootstrap import BootstrapConfig, bootstrap_ci
+from echo.metrics.probe import ProbeConfig, factorisation_gap, phone_accuracy, speaker_id_accuracy
+from echo.metrics.verification import TrialsConfig, build_trials, cosine_scores, equal_error_rate
+
+__all__ = ["AbilityConfig", "Views", "extract_views", "measure_abilities", "abilities_from_views"]
+
+log = logging.getLogger(__name__)
+_CONTENT = ("hidden", "posterior")
+
+
+@dataclass(frozen=True)
+class AbilityConfig:
+    """Ability probes (params.yaml ``evaluate.abilities``).
+
+    Attributes:
+        probe: k-NN probe settings (k, splits, frame caps, ignored phones, seed).
+        trials: verification trial list size and seed.
+        max_speakers: at most this many test speakers (seeded draw); None = all.
+        max_utts_per_speaker: utterances per test speaker (>= 2: speaker ID needs enrol + probe).
+        max_tokens_per_utt: labelled tokens drawn per utterance for the frame probes (>= 1).
+        batch_size: utterances per encoder batch (>= 1).
+        content_layer: ``hidden`` or ``posterior`` (see the module docstring).
+        bootstrap: CI settings for PER.
+        seed: seed of the utterance and token draws.
+    """
+
+    probe: ProbeConfig = ProbeConfig()
+    trials: TrialsConfig = TrialsConfig()
+    max_speakers: int | None = None
+    max_utts_per_speaker: int = 20
+    max_tokens_per_utt: int = 40
+    batch_size: int = 16
+    content_layer: str = "hidden"
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.max_speakers is not None and not (isinstance(self.max_speakers, int) and self.max_speakers >= 2):
+            raise ConfigError(f"abilities.max_speakers: expected an integer >= 2 or null, got {self.max_speakers!r}")
+        if not (isinstance(self.max_utts_per_speaker, int) and self.max_utts_per_speaker >= 2):
+            raise ConfigError(f"abilities.max_utts_per_speaker: expected an integer >= 2, got {self.max_utts_per_speaker!r}")
+        for name in ("max_tokens_per_utt", "batch_size"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise ConfigError(f"abilities.{name}: expected an integer >= 1, got {v!r}")
+        if self.content_layer not in _CONTENT:
+            raise ConfigError(f"abilities.content_layer: expected one of {_CONTENT}, got {self.content_layer!r}")
+
+
+@dataclass
+class Views:
+    """Per-utterance and per-frame representations of the test set under each view.
+
+    Utterance arrays are ``(U, ·)`` aligned with ``utt_ids``/``utt_speakers``; frame arrays are
+    ``(M, ·)`` aligned with ``frame_phones``/``frame_speakers``. ``speaker_*``/``content_*`` are
+    the same objects as ``latent_*`` when the model lacks the corresponding head.
+    """
+
+    utt_ids: list[str]
+    utt_speakers: np.ndarray
+    latent_utts: np.ndarray
+    speaker_utts: np.ndarray
+    content_utts: np.ndarray
+    frame_phones: np.ndarray
+    frame_speakers: np.ndarray
+    latent_frames: np.ndarray
+    speaker_frames: np.ndarray
+    content_frames: np.ndarray
+    hyps: dict[str, dict[str, list[str]]]  # head name ("ctc", "ctc_vq") -> utt_id -> decoded phones
+
+
+def _select(index, config: AbilityConfig) -> list[str]:
+    rng = np.random.default_rng(config.seed)
+    speakers = np.array(sorted(index["speaker"].unique()), dtype=object)
+    if config.max_speakers is not None and len(speakers) > config.max_speakers:
+        speakers = np.sort(rng.choice(speakers, config.max_speakers, replace=False))
+    ids = []
+    for s in speakers:
+        utts = index.loc[index["speaker"] == s, "utt_id"].to_numpy()
+        if len(utts) > config.max_utts_per_speaker:
+            utts = np.sort(rng.choice(utts, config.max_utts_per_speaker, replace=False))
+        ids += list(utts)
+    return ids
+
+
+def _ctc_representation(head, lat: torch.Tensor, mask: torch.Tensor, layer: str) -> torch.Tensor:
+    if layer == "posterior":
+        return head(lat, mask).log_probs.exp()
+    x = head.vq(lat, mask).quantized if head.vq is not None else lat
+    for m in list(head.classifier)[:-1]:  # everything before the output projection
+        x = m(x)
+    return x
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    w = mask.unsqueeze(-1).to(x.dtype)
+    return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+@torch.no_grad()
+def extract_views(model: Any, cache, config: AbilityConfig = AbilityConfig()) -> Views:
+    """Encode the selected test utterances once and collect every view (see module docstring).
+
+    Args:
+        model: a bare :class:`~echo.models.vit.Encoder`, the stage bundle, or :class:`ModelParts`.
+        cache: :class:`echo.features.FeatureCache` of the TEST split.
+        config: :class:`AbilityConfig`.
+    """
+    parts: ModelParts = model_parts(model)
+    ids = _select(cache.index, config)
+    spk_of = dict(zip(cache.index["utt_id"], cache.index["speaker"]))
+    frames_of = dict(zip(cache.index["utt_id"], cache.index["num_frames"]))
+    ids = sorted(ids, key=lambda u: (frames_of[u], u))  # batches of similar length
+    content_head = parts.ctc if parts.ctc is not None else parts.ctc_vq
+    inv = np.array(list(cache.inventory) + ["<unk>"], dtype=object)  # label -1 -> "<unk>"
+    p = parts.encoder.cfg.patch_frames
+    rng = np.random.default_rng(config.seed)
+    acc = {k: [] for k in ("lu", "su", "cu", "lf", "sf", "cf", "ph", "fs")}
+    hyps: dict[str, dict[str, list[str]]] = {}
+    for i in tqdm(range(0, len(ids), config.batch_size), desc="abilities", disable=None, leave=False):
+        batch = ids[i:i + config.batch_size]
+        mels = [cache.get(u) for u in batch]
+        lat, mask = encode_batch(parts.encoder, mels)
+        acc["lu"].append(_masked_mean(lat, mask).cpu())
+        if parts.speaker is not None:
+            acc["su"].append(parts.speaker(lat, mask).float().cpu())
+        cont = None
+        if content_head is not None:
+            cont = _ctc_representation(content_head, lat, mask, config.content_layer).float()
+            acc["cu"].append(_masked_mean(cont, mask).cpu())
+        for name, head in (("ctc", parts.ctc), ("ctc_vq", parts.ctc_vq)):
+            if head is not None:
+                out = head(lat, mask)
+                for u, h in zip(batch, ctc_greedy_decode(out.log_probs, out.lengths)):
+                    hyps.setdefault(name, {})[u] = head.inventory.decode(h.ids)
+        for j, u in enumerate(batch):
+            n = int(mask[j].sum())
+            lab = cache.labels(u)
+            centre = np.minimum(np.arange(n) * p + p // 2, len(lab) - 1)
+            tok_lab = lab[centre]
+            sel = np.flatnonzero(tok_lab >= 0)
+            if len(sel) > config.max_tokens_per_utt:
+                sel = np.sort(rng.choice(sel, config.max_tokens_per_utt, replace=False))
+            sel_t = torch.as_tensor(sel, device=lat.device)
+            tok = lat[j, sel_t]
+            acc["lf"].append(tok.cpu())
+            if parts.speaker is not None and len(sel):
+                acc["sf"].append(parts.speaker(tok.unsqueeze(1), None).float().cpu())
+            if cont is not None:
+                acc["cf"].append(cont[j, sel_t].cpu())
+            acc["ph"].append(inv[tok_lab[sel]])
+            acc["fs"].append(np.full(len(sel), spk_of[u], dtype=object))
+
+    def cat(key):
+        return torch.cat(acc[key]).numpy() if acc[key] else None
+
+    lu, lf = cat("lu"), cat("lf")
+    su, sf = cat("su"), cat("sf")
+    cu, cf = cat("cu"), cat("cf")
+    return Views(
+        utt_ids=ids, utt_speakers=np.array([spk_of[u] for u in ids], dtype=object),
+        latent_utts=lu, speaker_utts=su if su is not None else lu, content_utts=cu if cu is not None else lu,
+        frame_phones=np.concatenate(acc["ph"]) if acc["ph"] else np.zeros(0, object),
+        frame_speakers=np.concatenate(acc["fs"]) if acc["fs"] else np.zeros(0, object),
+        latent_frames=lf, speaker_frames=sf if sf is not None else lf, content_frames=cf if cf is not None else lf,
+        hyps=hyps,
+    )
+
+
+def _reference_phones(cache, utt_id: str, references: Mapping[str, str] | None) -> list[str]:
+    if references is not None:
+        if utt_id not in references:
+            raise EchoError(f"abilities: no reference phonemes for utterance {utt_id!r}")
+        return [x for x in str(references[utt_id]).split() if x != SILENCE]
+    # fallback: runs of the frame alignment (merges a phone repeated across a boundary)
+    lab = cache.labels(utt_id)
+    lab = lab[lab >= 0]
+    runs = lab[np.r_[True, lab[1:] != lab[:-1]]] if lab.size else lab
+    return [cache.inventory[i] for i in runs if cache.inventory[i] != SILENCE]
+
+
+def _per(hyps: Mapping[str, list[str]], cache, references, bootstrap: BootstrapConfig) -> dict:
+    errors, lengths = [], []
+    for u in sorted(hyps):
+        r = phoneme_error_rate([_reference_phones(cache, u, references)], [hyps[u]])
+        errors.append(r["errors"])
+        lengths.append(r["ref_length"])
+    total = sum(lengths)
+    per = sum(errors) / total if total else math.nan
+    ci = bootstrap_ci((np.asarray(errors, float), np.asarray(lengths, float)), bootstrap.n_boot, bootstrap.seed,
+                      bootstrap.confidence) if total else None
+    return {"per": per, "ci_low": ci.low if ci else math.nan, "ci_high": ci.high if ci else math.nan}
+
+
+def abilities_from_views(views: Views, config: AbilityConfig = AbilityConfig()) -> dict:
+    """Probe results from extracted views (PER excluded: see :func:`measure_abilities`).
+
+    Returns:
+        flat dict: ``latent_speaker_id_acc``, ``latent_phone_acc``,
+        ``speaker_id_acc_speaker_view``, ``speaker_id_acc_content_view``, ``gap_speaker_points``,
+        ``phone_acc_content_view``, ``phone_acc_speaker_view``, ``gap_phone_points``,
+        ``factorisation_gap`` (= ``gap_speaker_points``, the headline), ``eer``,
+        ``n_speakers``, ``n_utterances``, ``n_frames``; accuracies and EER are fractions, gaps points.
+    """
+    v = views
+    pc = config.probe
+    keep = ~np.isin(v.frame_phones.astype(str), ["<unk>"])
+    fp, fs = v.frame_phones[keep].astype(str), v.frame_speakers[keep]
+    gap = factorisation_gap(v.speaker_utts, v.content_utts, v.utt_speakers, v.speaker_frames[keep],
+                            v.content_frames[keep], fp, fs, pc)
+    same_spk = v.speaker_utts is v.latent_utts
+    same_cont = v.content_frames is v.latent_frames
+    out = {
+        "n_speakers": int(len(set(v.utt_speakers.tolist()))), "n_utterances": len(v.utt_ids), "n_frames": int(keep.sum()),
+        "latent_speaker_id_acc": gap["speaker_id"]["speaker_view"] if same_spk else
+        speaker_id_accuracy(v.latent_utts, v.utt_speakers, pc),
+        "latent_phone_acc": gap["phone"]["content_view"] if same_cont else
+        phone_accuracy(v.latent_frames[keep], fp, fs, pc),
+        "speaker_id_acc_speaker_view": gap["speaker_id"]["speaker_view"],
+        "speaker_id_acc_content_view": gap["speaker_id"]["content_view"],
+        "gap_speaker_points": gap["speaker_id"]["gap_points"],
+        "phone_acc_content_view": gap["phone"]["content_view"],
+        "phone_acc_speaker_view": gap["phone"]["speaker_view"],
+        "gap_phone_points": gap["phone"]["gap_points"],
+    }
+    out["factorisation_gap"] = out["gap_speaker_points"]
+    trials = build_trials(v.utt_ids, v.utt_speakers.astype(str), config.trials)
+    scores = cosine_scores(v.speaker_utts, v.utt_ids, trials)
+    out["eer"] = equal_error_rate(scores, trials["target"].to_numpy())[0]
+    return out
+
+
+def measure_abilities(model: Any, cache, config: AbilityConfig = AbilityConfig(),
+                      references: Mapping[str, str] | None = None) -> dict:
+    """All ability numbers of one model on the TEST split, as one flat dict.
+
+    Args:
+        model: bare encoder (after pretraining), stage bundle, or :class:`ModelParts`.
+        cache: :class:`echo.features.FeatureCache` of the test split (held-out speakers).
+        config: :class:`AbilityConfig`.
+        references: utterance id -> space-separated reference phones (the manifest's
+            ``phonemes`` column) for PER; default: phone runs of the cache's frame alignment.
+
+    Returns:
+        :func:`abilities_from_views`'s keys plus ``per``/``per_ci_low``/``per_ci_high`` and
+        ``per_vq``/``per_vq_ci_low``/``per_vq_ci_high`` (NaN without that head),
+        ``has_speaker_head``, ``has_ctc_head``, ``has_vq_head``, ``has_router`` (0/1) and
+        ``wall_s``.
+    """
+    t0 = time.perf_counter()
+    parts = model_parts(model)
+    views = extract_views(parts, cache, config)
+    out = abilities_from_views(views, config)
+    for name, key in (("ctc", "per"), ("ctc_vq", "per_vq")):
+        r = _per(views.hyps[name], cache, references, config.bootstrap) if name in views.hyps else \
+            {"per": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+        out[key], out[f"{key}_ci_low"], out[f"{key}_ci_high"] = r["per"], r["ci_low"], r["ci_high"]
+    out.update(has_speaker_head=int(parts.speaker is not None), has_ctc_head=int(parts.ctc is not None),
+               has_vq_head=int(parts.ctc_vq is not None), has_router=int(parts.router is not None),
+               wall_s=time.perf_counter() - t0)
+    log.info("abilities: speaker-ID %.3f/%.3f, phone %.3f/%.3f, gap %.1f pts, EER %.3f, PER %.3f",
+             out["speaker_id_acc_speaker_view"], out["speaker_id_acc_content_view"], out["phone_acc_content_view"],
+             out["phone_acc_speaker_view"], out["factorisation_gap"], out["eer"], out["per"])
+    return out

@@ -1,0 +1,305 @@
+"""Markdown sections of ``results/tables.md``, rendered from the evaluation result dicts.
+
+Every measured number comes from the dicts passed in (:func:`echo.evaluate.diarize.evaluate_diarization`,
+:func:`echo.evaluate.separation.evaluate_routing`, :func:`echo.evaluate.abilities.measure_abilities`).
+The only numbers typed in here are the paper's published figures (:data:`PAPER`) and the project
+targets (:data:`TARGETS`), shown beside ours for comparison.
+
+Formatting: a single result shows ``point [low, high]`` (95% bootstrap CI) where the dict has an
+interval; a list of results (one per training seed) shows ``mean ± std (n=N)`` over seeds and the
+target status is judged on the mean. Missing results print ``n/a``. Rates are stored as fractions
+and shown in %, SI-SDR in dB, gaps in points.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from echo.metrics.bootstrap import mean_std
+
+__all__ = ["PAPER", "TARGETS", "format_cell", "status", "main_table", "diarization_by_k_table",
+           "separation_by_k_table", "confusion_table", "ablation_table", "tuning_table"]
+
+# The paper's published numbers (anchors.md), for the comparison column only.
+PAPER = {"der_blind": 15.00, "pit_accuracy": 97.80, "latent_si_sdr": 9.52, "factorisation_gap": 53.50}
+# The project's targets: (comparison, threshold) in display units (% / dB / points).
+TARGETS = {
+    "der_k2": ("<=", 3.0), "der_k3": ("<=", 6.0), "der_k4": ("<=", 8.0), "der_k5": ("<=", 11.0),
+    "count_accuracy": (">=", 99.0), "pit_accuracy": (">=", 99.0), "si_sdri": (">=", 10.0),
+    "factorisation_gap": (">=", 60.0), "per": ("<=", 15.0),
+}
+
+Result = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+
+
+def _get(d: Mapping | None, path: str):
+    cur: Any = d
+    for part in path.split("."):
+        if not isinstance(cur, Mapping):
+            return None
+        if part not in cur:
+            # by-K dicts may have int keys after a round trip through Python rather than JSON
+            alt = int(part) if part.isdigit() else None
+            if alt is None or alt not in cur:
+                return None
+            part = alt
+        cur = cur[part]
+    return cur
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _values(res: Result, path: str) -> list[float]:
+    if res is None:
+        return []
+    items = [res] if isinstance(res, Mapping) else list(res)
+    return [float(v) for v in (_get(r, path) for r in items) if _finite(v)]
+
+
+def _point(res: Result, path: str) -> float | None:
+    """The number judged against a target: the value, or the mean over seeds."""
+    v = _values(res, path)
+    return float(np.mean(v)) if v else None
+
+
+def format_cell(res: Result, path: str, scale: float = 1.0, digits: int = 2, ci: str | None = None,
+                sign: bool = False) -> str:
+    """One table cell.
+
+    Args:
+        res: a result dict, a list of them (seeds), or None.
+        path: dotted key of the number (``"primary.by_k.2.der"``).
+        scale: multiply before printing (100 for %).
+        digits: decimals.
+        ci: dotted key of ``[low, high]`` (used for a single result), or ``"<path>_low/<path>_high"``
+            style pair given as ``"a|b"``.
+        sign: print an explicit ``+`` for positive values (gains, gaps).
+    """
+    if res is None:
+        return "n/a"
+    f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    if not isinstance(res, Mapping):
+        vals = [v * scale for v in _values(res, path)]
+        if not vals:
+            return "n/a"
+        m, s = mean_std(vals)
+        return f"{f.format(m)} ± {s:.{digits}f} (n={len(vals)})" if len(vals) > 1 else f"{f.format(m)} (n=1)"
+    v = _get(res, path)
+    if not _finite(v):
+        return "n/a"
+    text = f.format(float(v) * scale)
+    if ci:
+        if "|" in ci:
+            lo, hi = (_get(res, p) for p in ci.split("|"))
+        else:
+            pair = _get(res, ci)
+            lo, hi = (pair[0], pair[1]) if isinstance(pair, (list, tuple)) and len(pair) == 2 else (None, None)
+        if _finite(lo) and _finite(hi):
+            text += f" [{float(lo) * scale:.{digits}f}, {float(hi) * scale:.{digits}f}]"
+    return text
+
+
+def status(value: float | None, target: tuple[str, float] | None) -> str:
+    """``met`` / ``missed`` for a value in display units against ``(op, threshold)``; ``—`` without a target."""
+    if target is None:
+        return "—"
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    op, thr = target
+    ok = value <= thr + 1e-12 if op == "<=" else value >= thr - 1e-12
+    return "met" if ok else "**missed**"
+
+
+def _target_text(target: tuple[str, float] | None, unit: str) -> str:
+    if target is None:
+        return "—"
+    return f"{'≤' if target[0] == '<=' else '≥'} {target[1]:g}{unit}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _note(res: Result) -> str:
+    if res is None or isinstance(res, Mapping):
+        return "95% bootstrap CI in brackets (resampling recordings / mixtures / utterances)."
+    return f"mean ± std over {len(list(res))} training seeds (sample std)."
+
+
+def main_table(diarization: Result = None, separation: Result = None, abilities: Result = None) -> str:
+    """The headline table: this run next to the paper and the targets.
+
+    Args:
+        diarization: blind :func:`~echo.evaluate.diarize.evaluate_diarization` summary (or a list over seeds).
+        separation: :func:`~echo.evaluate.separation.evaluate_routing` summary (or list).
+        abilities: final-model :func:`~echo.evaluate.abilities.measure_abilities` dict (or list).
+
+    Returns:
+        A markdown section (heading, table, note).
+    """
+    D, S, A = diarization, separation, abilities
+    rows: list[list[str]] = []
+
+    def row(name, res, path, scale, unit, paper=None, target_key=None, ci=None, sign=False):
+        target = TARGETS.get(target_key) if target_key else None
+        p = _point(res, path)
+        rows.append([name, format_cell(res, path, scale, ci=ci, sign=sign),
+                     ("+" if sign else "") + f"{paper:.2f}" if paper is not None else "—",
+                     _target_text(target, unit), status(p * scale if p is not None else None, target)])
+
+    row("Blind DER, all K, primary (%)", D, "primary.der", 100, " %", PAPER["der_blind"], ci="primary.der_ci")
+    for k in (1, 2, 3, 4, 5):
+        if k == 1 and _get(D if isinstance(D, Mapping) else (D[0] if D else None), "primary.by_k.1") is None:
+            continue
+        row(f"Blind DER, K={k}, primary (%)", D, f"primary.by_k.{k}.der", 100, " %",
+            target_key=f"der_k{k}" if f"der_k{k}" in TARGETS else None, ci=f"primary.by_k.{k}.der_ci")
+    row("Blind DER, all K, secondary 0.25 s collar (%)", D, "secondary.der", 100, " %", ci="secondary.der_ci")
+    row("JER, all K, primary (%)", D, "primary.jer", 100, " %", ci="primary.jer_ci")
+    row("Speaker-count accuracy, conversations (%)", D, "count.accuracy", 100, " %", ci="count.accuracy_ci")
+    row("Speaker-count accuracy, mixtures (%)", S, "count_accuracy", 100, " %", target_key="count_accuracy",
+        ci="count_accuracy_ci")
+    row("PIT separation accuracy (%)", S, "pit_accuracy", 100, " %", PAPER["pit_accuracy"], "pit_accuracy",
+        ci="pit_accuracy_ci")
+    row("Latent SI-SDR (dB)", S, "si_sdr", 1, " dB", PAPER["latent_si_sdr"], ci="si_sdr_ci", sign=True)
+    row("Latent SI-SDRi (dB)", S, "si_sdri", 1, " dB", target_key="si_sdri", ci="si_sdri_ci", sign=True)
+    row("Factorisation gap, speaker-ID (points)", A, "factorisation_gap", 1, " pts", PAPER["factorisation_gap"],
+        "factorisation_gap", sign=True)
+    row("Factorisation gap, phone (points)", A, "gap_phone_points", 1, " pts", sign=True)
+    row("PER, continuous CTC (%)", A, "per", 100, " %", target_key="per", ci="per_ci_low|per_ci_high")
+    row("PER, through VQ (%)", A, "per_vq", 100, " %", ci="per_vq_ci_low|per_vq_ci_high")
+    row("Speaker verification EER (%)", A, "eer", 100, " %")
+    note = _note(next((r for r in (D, S, A) if r is not None), None))
+    return "\n".join([
+        "## Main results", "",
+        _table(["metric", "this run", "paper", "target", "status"], rows), "",
+        f"{note} Paper = the published Echo numbers; targets from the project issue. DER primary: "
+        "collar 0, overlap scored; definitions in docs/metrics.md.", ""])
+
+
+def _keys(res: Result, path: str) -> list[str]:
+    items = [res] if isinstance(res, Mapping) else list(res or [])
+    keys: list[str] = []
+    for r in items:
+        for k in (_get(r, path) or {}):
+            if str(k) not in keys:
+                keys.append(str(k))
+    return sorted(keys, key=int)
+
+
+def diarization_by_k_table(diarization: Result, title: str = "Diarization by number of speakers") -> str:
+    """DER (primary, secondary), JER, error components and count accuracy for each K and overall."""
+    D = diarization
+    if D is None:
+        return f"## {title}\n\nn/a (not evaluated)\n"
+    rows = []
+    for k in _keys(D, "primary.by_k") + ["all"]:
+        pre = "" if k == "all" else f"by_k.{k}."
+        p, s, c = f"primary.{pre}", f"secondary.{pre}", ("count." + pre) if k != "all" else "count."
+        tot = _point(D, p + "total")
+        comp = []
+        for key in ("missed", "false_alarm", "confusion"):
+            v = _point(D, p + key)
+            comp.append(f"{100 * v / tot:.2f}" if v is not None and tot else "n/a")
+        target = TARGETS.get(f"der_k{k}")
+        der = _point(D, p + "der")
+        n = _point(D, p + "n_recordings")
+        rows.append([f"K={k}" if k != "all" else "all", f"{n:.0f}" if n is not None else "n/a",
+                     format_cell(D, p + "der", 100, ci=p + "der_ci"), format_cell(D, s + "der", 100, ci=s + "der_ci"),
+                     format_cell(D, p + "jer", 100, ci=p + "jer_ci"), *comp,
+                     format_cell(D, c + "accuracy", 100, ci=c + "accuracy_ci"),
+                     _target_text(target, " %"), status(100 * der if der is not None else None, target)])
+    cond = D.get("condition", "blind") if isinstance(D, Mapping) else (D[0].get("condition", "blind") if D else "blind")
+    return "\n".join([
+        f"## {title} ({cond})", "",
+        _table(["K", "recordings", "DER primary (%)", "DER secondary (%)", "JER (%)", "missed (%)", "false alarm (%)",
+                "confusion (%)", "count acc. (%)", "target", "status"], rows), "",
+        f"{_note(D)} Error components are shares of reference speech (primary condition).", ""])
+
+
+def separation_by_k_table(separation: Result, title: str = "Routing / separation by number of speakers") -> str:
+    """Count accuracy, PIT accuracy, latent SI-SDR and SI-SDRi for each K and overall."""
+    S = separation
+    if S is None:
+        return f"## {title}\n\nn/a (not evaluated)\n"
+    rows = []
+    for k in _keys(S, "by_k") + ["all"]:
+        pre = "" if k == "all" else f"by_k.{k}."
+        n = _point(S, pre + "n_mixtures")
+        rows.append([f"K={k}" if k != "all" else "all", f"{n:.0f}" if n is not None else "n/a",
+                     format_cell(S, pre + "count_accuracy", 100, ci=pre + "count_accuracy_ci"),
+                     format_cell(S, pre + "pit_accuracy", 100, ci=pre + "pit_accuracy_ci"),
+                     format_cell(S, pre + "si_sdr", 1, ci=pre + "si_sdr_ci", sign=True),
+                     format_cell(S, pre + "si_sdri", 1, ci=pre + "si_sdri_ci", sign=True)])
+    return "\n".join([
+        f"## {title}", "",
+        _table(["K", "mixtures", "count acc. (%)", "PIT acc. (%)", "latent SI-SDR (dB)", "latent SI-SDRi (dB)"], rows), "",
+        f"{_note(S)} SI-SDR(i) averages matched sources; targets: count ≥ 99 %, PIT ≥ 99 %, SI-SDRi ≥ 10 dB.", ""])
+
+
+def confusion_table(result: Mapping | None, path: str = "count", title: str = "Speaker-count confusion") -> str:
+    """Confusion matrix (rows = true K, columns = estimated K) from ``result[path]``."""
+    c = _get(result, path) if result is not None else None
+    if not c or not c.get("labels"):
+        return f"### {title}\n\nn/a\n"
+    labels = c["labels"]
+    rows = [[f"K={t}"] + [str(v) for v in c["confusion"][i]] for i, t in enumerate(labels)]
+    return "\n".join([f"### {title}", "", _table(["true \\ estimated"] + [str(v) for v in labels], rows), ""])
+
+
+_ABLATION = [
+    ("spk-ID, speaker view (%)", "speaker_id_acc_speaker_view", 100, False),
+    ("spk-ID, content view (%)", "speaker_id_acc_content_view", 100, False),
+    ("phone acc., content view (%)", "phone_acc_content_view", 100, False),
+    ("phone acc., speaker view (%)", "phone_acc_speaker_view", 100, False),
+    ("gap spk (pts)", "gap_speaker_points", 1, True),
+    ("gap phone (pts)", "gap_phone_points", 1, True),
+    ("latent spk-ID (%)", "latent_speaker_id_acc", 100, False),
+    ("latent phone acc. (%)", "latent_phone_acc", 100, False),
+    ("EER (%)", "eer", 100, False),
+]
+
+
+def ablation_table(stages: Mapping[str, Result], title: str = "Stage ablation (abilities on test speakers)") -> str:
+    """One row per stage (in the given order): the ability probes, PER, and, where a stage's dict
+    has them, blind DER (``der``) and PIT accuracy (``pit_accuracy``) merged in by the caller.
+
+    Args:
+        stages: stage name (``pretrain``, ``+speaker``, ``+phonetic``, ``+routing``, ``+routing (VQ)``,
+            ...) -> :func:`~echo.evaluate.abilities.measure_abilities` dict (or a list over seeds).
+    """
+    extra = [c for c in (("blind DER (%)", "der", 100, False), ("PIT acc. (%)", "pit_accuracy", 100, False))
+             if any(_values(r, c[1]) for r in stages.values())]
+    cols = _ABLATION + [("PER (%)", "per", 100, False), ("PER VQ (%)", "per_vq", 100, False)] + extra
+    rows = []
+    for name, res in stages.items():
+        cells = [name]
+        for _, key, scale, sign in cols:
+            ci = f"{key}_ci_low|{key}_ci_high" if key in ("per", "per_vq") else None
+            cells.append(format_cell(res, key, scale, ci=ci, sign=sign))
+        rows.append(cells)
+    first = next(iter(stages.values()), None)
+    return "\n".join([
+        f"## {title}", "",
+        _table(["stage"] + [c[0] for c in cols], rows), "",
+        f"{_note(first)} Views (docs/metrics.md): speaker view = speaker head, content view = CTC head's frame "
+        "representation, each falling back to the shared latent when the stage has no such head (the "
+        "pretrained row therefore has gap 0 by construction and its information is the latent probes).", ""])
+
+
+def tuning_table(rows: Sequence[Mapping], title: str = "VBx tuning on dev conversations", top: int = 10) -> str:
+    """The :func:`~echo.evaluate.diarize.tune_on_dev` grid, best first (dev DER, primary)."""
+    if not rows:
+        return f"### {title}\n\nn/a\n"
+    best = sorted(rows, key=lambda r: (r["der"] if _finite(r["der"]) else math.inf))[:top]
+    body = [[f"{r['Fa']:g}", f"{r['Fb']:g}", f"{r['loopP']:g}", f"{r.get('ahc_threshold', float('nan')):g}",
+             {True: "yes", False: "no"}.get(r.get("exclusive"), "n/a"),
+             f"{100 * r['der']:.2f}", f"{100 * r['count_accuracy']:.1f}"] for r in best]
+    return "\n".join([f"### {title}", "",
+                      _table(["Fa", "Fb", "loopP", "AHC threshold", "exclusive", "dev DER (%)", "dev count acc. (%)"], body),
+                      "", f"{len(rows)} grid points; the first row is the one used on test.", ""])

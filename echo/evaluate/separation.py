@@ -1,0 +1,193 @@
+"""Routing / separation on TEST mixtures: speaker count, PIT accuracy, latent SI-SDR(i), by K.
+
+For each mixture (:class:`echo.simulate.mixtures.MixtureSet`, all of one length):
+
+- the evaluated model's encoder reads the mixture's log-mel; the router turns the latent into
+  ``k_max`` slot sequences and existence probabilities; slots with probability >= ``threshold``
+  are active, their number is the estimated K (the model is never told K);
+- references: the FROZEN TARGET ENCODER's latent of each isolated source (exactly the routing
+  stage's target, :mod:`echo.stages.routing`: with ``target: stage2`` a frozen copy of the
+  stage-2 encoder, i.e. the encoder of the phonetic-stage bundle; with ``target: pretrain`` the
+  pretraining ``encoder.pt``), ``Encoder(mels).features`` of the source's log-mel;
+- the mixture baseline for SI-SDRi is the evaluated encoder's latent of the mixture, the output of
+  a router that copies its input (what the routing stage's dev metric calls
+  ``slot_cosine_mixture``);
+- :func:`echo.metrics.separation.evaluate_separation` does the Hungarian matching by cosine,
+  PIT accuracy and SI-SDR on the flattened (time x dims) sequences.
+
+Corpus numbers: count accuracy (+ confusion matrix, rows true K), PIT accuracy = correct sources /
+reference sources, mean SI-SDR / SI-SDRi over matched sources; each overall and by K, with 95%
+bootstrap intervals over mixtures (ratios of per-mixture sums, so every source weighs the same).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from echo.errors import ConfigError, EchoError
+from echo.evaluate import model_parts
+from echo.features import FrontEnd
+from echo.metrics.bootstrap import BootstrapConfig, bootstrap_ci
+from echo.metrics.separation import evaluate_separation, speaker_count_accuracy
+
+__all__ = ["SeparationConfig", "score_mixture", "summarise_separation", "evaluate_routing"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SeparationConfig:
+    """Routing evaluation (params.yaml ``evaluate.separation``).
+
+    Attributes:
+        threshold: existence probability at or above which a slot is active, in (0, 1) (use the
+            routing stage's ``exist_threshold``).
+        max_mixtures: evaluate at most this many (evenly spread over the set); None = all.
+        batch_size: mixtures per forward pass (>= 1).
+        bootstrap: CI settings.
+    """
+
+    threshold: float = 0.5
+    max_mixtures: int | None = None
+    batch_size: int = 16
+    bootstrap: BootstrapConfig = BootstrapConfig()
+
+    def __post_init__(self):
+        if not (isinstance(self.threshold, (int, float)) and 0.0 < self.threshold < 1.0):
+            raise ConfigError(f"separation.threshold: expected a number in (0, 1), got {self.threshold!r}")
+        if self.max_mixtures is not None and not (isinstance(self.max_mixtures, int) and self.max_mixtures >= 1):
+            raise ConfigError(f"separation.max_mixtures: expected an integer >= 1 or null, got {self.max_mixtures!r}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ConfigError(f"separation.batch_size: expected an integer >= 1, got {self.batch_size!r}")
+
+
+def score_mixture(slots: np.ndarray, active: np.ndarray, references: np.ndarray, mixture: np.ndarray,
+                  mix_id: str = "") -> dict:
+    """One mixture's row: matching, correctness and SI-SDR(i) of its matched sources.
+
+    Args:
+        slots: ``(S, T, D)`` slot latents; active: ``(S,)`` bool; references: ``(K, T, D)``;
+        mixture: ``(T, D)`` the mixture's own latent (the SI-SDRi baseline).
+
+    Returns:
+        ``{"mix_id", "k", "k_hat", "n_correct", "n_unmatched", "n_extra", "si_sdr", "si_sdri"}``
+        (the last two: lists over matched sources, in reference order).
+    """
+    r = evaluate_separation(slots, active, references, mixture)
+    return {"mix_id": mix_id, "k": r["k"], "k_hat": r["n_active"], "n_correct": r["n_correct"],
+            "n_unmatched": r["n_unmatched"], "n_extra": r["n_extra"], "si_sdr": list(r["si_sdr"]),
+            "si_sdri": list(r["si_sdri"])}
+
+
+def _ci(num, den, b: BootstrapConfig) -> list[float]:
+    num, den = np.asarray(num, float), np.asarray(den, float)
+    if den.sum() <= 0:
+        return [math.nan, math.nan]
+    ci = bootstrap_ci((num, den), b.n_boot, b.seed, b.confidence)
+    return [ci.low, ci.high]
+
+
+def _block(rows: list[dict], b: BootstrapConfig) -> dict:
+    k = np.array([r["k"] for r in rows], float)
+    hit = np.array([r["k"] == r["k_hat"] for r in rows], float)
+    corr = np.array([r["n_correct"] for r in rows], float)
+    sdr = np.array([sum(r["si_sdr"]) for r in rows], float)
+    sdri = np.array([sum(r["si_sdri"]) for r in rows], float)
+    nm = np.array([len(r["si_sdr"]) for r in rows], float)
+    ones = np.ones_like(hit)
+    return {
+        "n_mixtures": len(rows), "n_sources": int(k.sum()), "n_matched": int(nm.sum()),
+        "n_unmatched": int(sum(r["n_unmatched"] for r in rows)), "n_extra": int(sum(r["n_extra"] for r in rows)),
+        "count_accuracy": float(hit.mean()) if len(rows) else math.nan, "count_accuracy_ci": _ci(hit, ones, b),
+        "pit_accuracy": float(corr.sum() / k.sum()) if k.sum() else math.nan, "pit_accuracy_ci": _ci(corr, k, b),
+        "si_sdr": float(sdr.sum() / nm.sum()) if nm.sum() else math.nan, "si_sdr_ci": _ci(sdr, nm, b),
+        "si_sdri": float(sdri.sum() / nm.sum()) if nm.sum() else math.nan, "si_sdri_ci": _ci(sdri, nm, b),
+    }
+
+
+def summarise_separation(rows: Sequence[dict], bootstrap: BootstrapConfig = BootstrapConfig()) -> dict:
+    """Corpus numbers from :func:`score_mixture` rows (see the module docstring).
+
+    Returns:
+        ``_block`` keys overall (``count_accuracy``, ``pit_accuracy``, ``si_sdr``, ``si_sdri`` with
+        ``*_ci``; counts of sources/matched/unmatched/extra), plus ``count`` (``labels``,
+        ``confusion`` rows = true K), ``by_k`` (``{"2": block}``) and ``per_mixture`` (rows with
+        per-mixture mean SI-SDR/SI-SDRi). Rates are fractions, SI-SDR in dB.
+    """
+    rows = list(rows)
+    out = _block(rows, bootstrap)
+    with warnings.catch_warnings():  # sklearn warns when a single K occurs; the matrix is still right
+        warnings.simplefilter("ignore", UserWarning)
+        c = speaker_count_accuracy([r["k"] for r in rows], [r["k_hat"] for r in rows])
+    out["count"] = {"labels": [int(v) for v in c["labels"]], "confusion": np.asarray(c["confusion"]).astype(int).tolist()}
+    out["by_k"] = {str(k): _block([r for r in rows if r["k"] == k], bootstrap) for k in sorted({r["k"] for r in rows})}
+    out["per_mixture"] = [
+        {key: r[key] for key in ("mix_id", "k", "k_hat", "n_correct", "n_unmatched", "n_extra")}
+        | {"si_sdr_mean": float(np.mean(r["si_sdr"])) if r["si_sdr"] else math.nan,
+           "si_sdri_mean": float(np.mean(r["si_sdri"])) if r["si_sdri"] else math.nan}
+        for r in rows]
+    return out
+
+
+@torch.no_grad()
+def evaluate_routing(model: Any, mixtures, target_encoder: torch.nn.Module | None = None,
+                     config: SeparationConfig = SeparationConfig(), frontend: FrontEnd | None = None) -> dict:
+    """Route every test mixture and score it (see the module docstring for the exact targets).
+
+    Args:
+        model: the routing-stage bundle (encoder + router), or :class:`~echo.evaluate.ModelParts`.
+        mixtures: TEST :class:`~echo.simulate.mixtures.MixtureSet`, or a list of items with
+            ``mix_id``, ``mixture`` ``(n,)`` and ``sources`` ``(K, n)``.
+        target_encoder: the frozen target encoder the routing stage regressed onto (stage-2
+            bundle's encoder, or the pretraining ``encoder.pt``, per the bundle's
+            ``meta["routing_target"]``). None: the evaluated encoder itself (exact only when the
+            routing stage kept the encoder frozen; logged).
+        config: :class:`SeparationConfig`.
+        frontend: log-mel front-end (default: the bundle's, else the default one).
+
+    Returns:
+        :func:`summarise_separation`'s dict plus ``threshold``, ``wall_s`` and ``target``.
+    """
+    parts = model_parts(model)
+    if parts.router is None:
+        raise EchoError("evaluate separation: the model has no router; expected the routing-stage bundle")
+    frontend = frontend or getattr(model, "frontend", None) or FrontEnd()
+    target = target_encoder if target_encoder is not None else parts.encoder
+    if target_encoder is None:
+        log.warning("evaluate separation: no target encoder given; using the evaluated encoder as the reference")
+    target.eval()
+    dev = parts.device
+    n = len(mixtures)
+    idx = list(range(n)) if config.max_mixtures is None or n <= config.max_mixtures else \
+        np.unique(np.linspace(0, n - 1, config.max_mixtures).round().astype(int)).tolist()
+    t0 = time.perf_counter()
+    rows = []
+    for a in tqdm(range(0, len(idx), config.batch_size), desc="routing", disable=None, leave=False):
+        items = [mixtures[i] for i in idx[a:a + config.batch_size]]
+        mix = torch.from_numpy(np.stack([frontend.compute(it.mixture) for it in items])).to(dev)
+        srcs = torch.from_numpy(np.stack([frontend.compute(s) for it in items for s in it.sources])).to(dev)
+        out = parts.encoder(mix)
+        routed = parts.router(out.features, out.mask)
+        active = (torch.sigmoid(routed.exist_logits.float()) >= config.threshold).cpu().numpy()
+        slots = routed.slots.float().cpu().numpy()
+        mix_lat = out.features.float().cpu().numpy()
+        refs = target(srcs).features.float().cpu().numpy()
+        first = 0
+        for j, it in enumerate(items):
+            k = len(it.sources)
+            rows.append(score_mixture(slots[j], active[j], refs[first:first + k], mix_lat[j], str(it.mix_id)))
+            first += k
+    summary = summarise_separation(rows, config.bootstrap)
+    summary.update(threshold=config.threshold, wall_s=time.perf_counter() - t0,
+                   target="given" if target_encoder is not None else "evaluated encoder")
+    log.info("routing: count acc %.3f, PIT %.3f, SI-SDR %.2f dB, SI-SDRi %.2f dB on %d mixtures",
+             summary["count_accuracy"], summary["pit_accuracy"], summary["si_sdr"], summary["si_sdri"], len(rows))
+    return summary

@@ -1,0 +1,258 @@
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pyannote.core import Annotation, Segment, Timeline
+
+from eval_fixtures import TOKEN_S, conversation_latents, tiny_parts, training_latents
+
+from echo.diarization.ahc import AHCConfig
+from echo.errors import ConfigError, EchoError
+from echo.evaluate.diarize import (Diarizer, DiarizerConfig, SpeechConfig, TuneConfig, backend_from_latents,
+                                   encode_long, evaluate_diarization, fit_backend, score_conversations,
+                                   speech_activity, tune_on_dev)
+from echo.features import FrontEnd
+from echo.metrics.der import format_rttm
+
+TURNS = [(0, 6), (None, 1), (1, 6), (2, 6), (0, 5)]
+CFG = DiarizerConfig(exclusive=True, ahc=AHCConfig(threshold=0.6))
+
+
+@pytest.fixture(scope="module")
+def backend():
+    parts = tiny_parts()
+    lats, spks = training_latents(n_speakers=30, n_utts=3)
+    return parts, backend_from_latents(parts, lats, spks)
+
+
+def _score(ref, hyp, uem, k):
+    return score_conversations({"conv": ref}, {"conv": hyp}, {"conv": uem}, {"conv": k})
+
+
+def test_backend_glue_finds_speakers_blind_and_oracle(backend):
+    parts, plda = backend
+    lat, speech, ref, uem = conversation_latents(TURNS)
+    d = Diarizer(parts, plda, CFG)
+    prep = d.prepare_latents(lat, "conv", speech=speech)
+    # the silent second (6-7 s) is not embedded: no kept window lies inside it
+    assert not ((prep.windows[:, 0] >= 6.0) & (prep.windows[:, 1] <= 7.0)).any()
+    blind = d.cluster(prep)
+    assert blind.num_speakers == 3
+    s = _score(ref, blind.annotation, uem, 3)
+    assert s["primary"]["der"] < 0.05 and s["secondary"]["der"] <= s["primary"]["der"]
+    # no speaker during the pause: speech masking works at token resolution
+    assert blind.annotation.crop(Segment(6.0, 7.0)).get_timeline().duration() == 0
+    assert s["count"]["accuracy"] == 1.0
+    # the bounds re-cluster with K clamped, oracle K is obeyed exactly
+    assert d.cluster(prep, max_speakers=2).num_speakers == 2
+    assert d.cluster(prep, min_speakers=4).num_speakers == 4
+    assert d.cluster(prep, num_speakers=2).num_speakers == 2
+    with pytest.raises(ConfigError, match="min_speakers"):
+        d.cluster(prep, min_speakers=3, max_speakers=2)
+
+
+def test_overlap_from_router_adds_second_speaker(backend):
+    parts, plda = backend
+    lat, speech, ref, uem = conversation_latents(TURNS)
+    with torch.no_grad():  # make the router declare every slot active: >= 2 active slots everywhere
+        parts.router.exist[1].bias.fill_(20.0)
+    try:
+        over = Diarizer(parts, plda, dataclasses.replace(CFG, exclusive=False)).prepare_latents(lat, "conv", speech=speech)
+        assert over.overlap is not None and over.overlap.all()
+        ann = Diarizer(parts, plda, dataclasses.replace(CFG, exclusive=False)).cluster(over).annotation
+        excl = Diarizer(parts, plda, CFG).cluster(over).annotation
+        # exclusive output never overlaps; the router-driven one does, wherever there is speech
+        assert excl.get_overlap().duration() == 0
+        assert ann.get_overlap().duration() == pytest.approx(excl.get_timeline().support().duration(), abs=0.05)
+        with torch.no_grad():
+            parts.router.exist[1].bias.fill_(-20.0)
+        none = Diarizer(parts, plda, dataclasses.replace(CFG, exclusive=False)).prepare_latents(lat, "conv", speech=speech)
+        assert not none.overlap.any()
+    finally:
+        with torch.no_grad():
+            parts.router.exist[1].bias.zero_()
+
+
+def test_chunked_encoding_stitches_the_right_tokens():
+    parts = tiny_parts(n_mels=80)
+    enc = parts.encoder
+    rng = np.random.default_rng(0)
+    mels = rng.standard_normal((401, 80)).astype(np.float32)  # 101 tokens, the last one partial
+    with torch.no_grad():
+        full = enc(torch.from_numpy(mels)[None]).features[0].numpy()
+    one = encode_long(enc, mels, chunk_tokens=1000, context_tokens=0)
+    np.testing.assert_allclose(one, full, atol=1e-5)
+    got = encode_long(enc, mels, chunk_tokens=30, context_tokens=5)
+    # each kept token equals the encoder run on its chunk plus context, at the right offset
+    with torch.no_grad():
+        for c0 in range(0, 101, 30):
+            c1, a, b = min(101, c0 + 30), max(0, c0 - 5), min(101, c0 + 35)
+            ref = enc(torch.from_numpy(mels[a * 4: min(401, b * 4)])[None]).features[0].numpy()
+            np.testing.assert_allclose(got[c0:c1], ref[c0 - a: c1 - a], atol=1e-5)
+    # with attention switched off tokens do not interact: chunked == full everywhere, seams included
+    with torch.no_grad():
+        for blk in enc.blocks:
+            blk.attn.proj.weight.zero_()
+            blk.attn.proj.bias.zero_()
+        full = enc(torch.from_numpy(mels)[None]).features[0].numpy()
+    np.testing.assert_allclose(encode_long(enc, mels, 7, 0), full, atol=1e-5)
+
+
+def test_energy_speech_activity_follows_the_bursts():
+    fe = FrontEnd()
+    rng = np.random.default_rng(0)
+    wave = 1e-4 * rng.standard_normal(4 * 16000)
+    wave[16000:32000] += 0.3 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)
+    mels = fe.compute(wave.astype(np.float32))
+    sp, src = speech_activity(tiny_parts(), None, mels, SpeechConfig(source="energy"), TOKEN_S, 4)
+    assert src == "energy" and len(sp) == 101
+    assert sp[27:48].all() and not sp[:22].any() and not sp[54:].any()
+
+
+def _conversation_audio(seed, k):
+    rng = np.random.default_rng(seed)
+    sr = 16000
+    wave = 1e-3 * rng.standard_normal(8 * sr)
+    ref = Annotation(uri=f"dev{seed}")
+    for i in range(k):
+        a, b = 1.0 + 3.0 * i, 3.5 + 3.0 * i
+        t = np.arange(int((b - a) * sr)) / sr
+        wave[int(a * sr): int(a * sr) + t.size] += 0.2 * np.sin(2 * np.pi * (200 + 150 * i) * t)
+        ref[Segment(a, b)] = f"S{i}"
+    return wave.astype(np.float32), ref
+
+
+@dataclasses.dataclass
+class Item:
+    rec_id: str
+    audio: np.ndarray
+    annotation: Annotation
+    uem: Timeline
+    k: int
+
+
+def test_end_to_end_on_audio_gives_a_valid_annotation_and_scores(backend):
+    parts, plda = backend
+    d = Diarizer(parts, plda, dataclasses.replace(CFG, exclusive=False, chunk_s=3.0, context_s=1.0))
+    wave, ref = _conversation_audio(0, 2)
+    hyp = d.diarize(wave, "dev0")
+    assert isinstance(hyp, Annotation) and hyp.uri == "dev0"
+    assert all(0 <= s.start < s.end <= 8.0 for s in hyp.itersegments())
+    assert all(lab.startswith("spk") for lab in hyp.labels())
+    assert set(read_rttm_text(format_rttm(hyp))) == set(hyp.labels())  # RTTM round trip of labels
+    items = [Item(f"dev{i}", *_conversation_audio(i, k), Timeline([Segment(0, 8)]), k) for i, k in enumerate((1, 2))]
+    summary, hyps = evaluate_diarization(d, items)
+    assert summary["condition"] == "blind" and set(hyps) == {"dev0", "dev1"}
+    assert set(summary["primary"]["by_k"]) == {"1", "2"} and summary["real_time_factor"] > 0
+    lo, hi = summary["primary"]["der_ci"]
+    assert lo <= summary["primary"]["der"] <= hi
+    oracle, ohyps = evaluate_diarization(d, items, oracle=True)
+    assert oracle["condition"] == "oracle"
+    assert [r["k_hat"] for r in oracle["per_recording"]] == [1, 2]  # oracle K honoured (if speech found)
+
+
+def read_rttm_text(text):
+    labels = []
+    for line in text.splitlines():
+        labels.append(line.split()[7])
+    return labels
+
+
+def test_tune_on_dev_picks_the_lowest_der_point(backend):
+    parts, plda = backend
+    d = Diarizer(parts, plda, dataclasses.replace(CFG, exclusive=False))
+    items = [Item(f"dev{i}", *_conversation_audio(i, k), Timeline([Segment(0, 8)]), k) for i, k in enumerate((1, 2))]
+    grid = TuneConfig(Fa=(0.1, 0.5), Fb=(5.0,), loopP=(0.99,), ahc_threshold=(0.0, 0.9), exclusive=(False, True))
+    best, rows = tune_on_dev(d, items, grid)
+    assert len(rows) == 8
+    ders = [r["der"] for r in rows]
+    i = int(np.argmin(ders))
+    assert (best.vbx.Fa, best.ahc.threshold, best.exclusive) == (rows[i]["Fa"], rows[i]["ahc_threshold"], rows[i]["exclusive"])
+    assert best.windows == CFG.windows  # everything else untouched
+    # each row's DER is what the diarizer with that config gives on the dev items
+    again, _ = evaluate_diarization(Diarizer(parts, plda, best), items)
+    assert again["primary"]["der"] == pytest.approx(ders[i])
+
+    class TestSet(list):
+        table = pd.DataFrame({"split": ["test"]})
+    with pytest.raises(EchoError, match="dev split"):
+        tune_on_dev(d, TestSet(items), grid)
+
+
+def test_der_through_the_evaluation_path_matches_a_hand_count():
+    ref = Annotation(uri="r")
+    ref[Segment(0, 10)] = "A"
+    ref[Segment(8, 20)] = "B"  # 2 s overlap
+    hyp = Annotation(uri="r")
+    hyp[Segment(0, 9)] = "x"     # A: 1 s missed at 9-10
+    hyp[Segment(9, 16)] = "y"    # B from 9; 8-9 B missed; 16-20 B missed
+    hyp[Segment(20, 22)] = "y"   # 2 s false alarm inside the UEM
+    uem = Timeline([Segment(0, 22)])
+    s = score_conversations({"r": ref}, {"r": hyp}, {"r": uem}, {"r": 2})
+    # reference speech 22 s (10 + 12); missed: A 9-10 (1) + B 8-9 (1) + B 16-20 (4) = 6; FA 2; confusion 0
+    assert s["primary"]["total"] == pytest.approx(22.0)
+    assert s["primary"]["missed"] == pytest.approx(6.0)
+    assert s["primary"]["false_alarm"] == pytest.approx(2.0)
+    assert s["primary"]["der"] == pytest.approx(8.0 / 22.0)
+    assert s["primary"]["by_k"]["2"]["der"] == pytest.approx(8.0 / 22.0)
+    # secondary: 0.25 s each side of every reference boundary (0, 8, 10, 20) is not scored:
+    # reference 20 s, missed 0.75 + 0.75 + 3.75, false alarm 1.75 (20.25-22)
+    assert s["secondary"]["total"] == pytest.approx(20.0)
+    assert s["secondary"]["der"] == pytest.approx(7.0 / 20.0)
+    assert s["count"]["accuracy"] == 1.0 and s["per_recording"][0]["k_hat"] == 2
+
+
+def test_fit_backend_from_a_feature_cache(tmp_path):
+    import soundfile as sf
+
+    from echo.features import build_feature_cache
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(4):
+        for u in range(2):
+            x = (0.1 * rng.standard_normal(16000 * 2) * (1 + s)).astype(np.float32)
+            p = tmp_path / f"s{s}u{u}.flac"
+            sf.write(p, x, 16000, subtype="PCM_16")
+            rows.append(dict(utt_id=f"s{s}u{u}", speaker=f"s{s}", abs_path=str(p), start=0, num_samples=len(x),
+                             align_phone=["a"], align_start=[0], align_end=[len(x)]))
+    cache = build_feature_cache(pd.DataFrame(rows), FrontEnd(), tmp_path / "cache", ["a", "sil"])
+    plda = fit_backend(tiny_parts(), cache, speech=SpeechConfig(source="none"))
+    assert plda.input_dim == 16 and plda.dim == 3  # 4 speakers -> LDA capped at 3
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="diarize.chunk_s"):
+        DiarizerConfig(chunk_s=0)
+    with pytest.raises(ConfigError, match="diarize.speech.source"):
+        SpeechConfig(source="vad")
+    with pytest.raises(ConfigError, match="vbx.loopP"):
+        TuneConfig(loopP=(1.5,))
+    with pytest.raises(EchoError, match="speaker head"):
+        Diarizer(tiny_parts().encoder, None)
+
+
+def test_diarizer_reads_an_echo_bundle(backend, tmp_path):
+    from echo.models.bundle import EchoModel
+
+    parts, plda = backend
+    model = EchoModel(parts.encoder, FrontEnd(), "routing", speaker=parts.speaker, ctc=parts.ctc, router=parts.router)
+    model = EchoModel.load(model.save(tmp_path / "bundle"))
+    d = Diarizer(model, plda, CFG)
+    assert d.parts.router is not None and d.frontend == model.frontend
+    wave, _ = _conversation_audio(3, 2)
+    a = d.diarize(wave, "b")
+    b = Diarizer(parts, plda, CFG).diarize(wave, "b")
+    assert a.labels() and format_rttm(a) == format_rttm(b)  # the saved bundle diarizes exactly like its parts
+
+
+def test_config_round_trips_through_json_for_the_cli():
+    import json
+
+    from echo.config import build
+
+    cfg = dataclasses.replace(CFG, exclusive=False, speech=SpeechConfig(source="energy"))
+    back = build(DiarizerConfig, json.loads(json.dumps(dataclasses.asdict(cfg))), "diarizer.json")
+    assert back == cfg

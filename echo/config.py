@@ -32,6 +32,7 @@ SCHEMA_PATH = ROOT / "workflow" / "schemas" / "params.schema.yaml"
 
 # params path -> "module:Class". The only place where params.yaml meets the package.
 SECTIONS: dict[str, str] = {
+    "corpus.embedded": "echo.corpus.embedded:EmbeddedCorpusConfig",
     "corpus.real": "echo.corpus.adapters:RealCorpusConfig",
     "features": "echo.features:FrontEnd",
     "simulation.conversations": "echo.simulate.conversations:ConversationConfig",

@@ -10,6 +10,8 @@ for _n in [n for n in dag.nodes() if n.stage == "corpus"]:
             node_outputs(_n),
         params:
             slice=params_slice(config, _n.params),
+            # bound here: a `shell:` body is evaluated when the job runs, after the loop moved on
+            cmd=_n.cmd,
         log:
             _n.log,
         benchmark:
@@ -18,4 +20,4 @@ for _n in [n for n in dag.nodes() if n.stage == "corpus"]:
         resources:
             gpu=_n.gpu,
         shell:
-            _n.cmd + " > {log} 2>&1"
+            "{params.cmd} > {log} 2>&1"

@@ -1,0 +1,316 @@
+"""Streaming audio input for inference on people's own recordings, with bounded memory.
+
+Decoding is done block by block so that an hour-long file never exists in memory at its native
+rate and channel count (an hour of 48 kHz stereo float32 is 1.4 GB; the same hour as 16 kHz mono
+float32 is 230 MB):
+
+- WAV/FLAC/OGG/AIFF (soundfile, seekable): blocks of ``block_seconds`` are read, mixed to mono and
+  resampled with torchaudio's sinc resampler. Each block is resampled with a context margin on
+  both sides at a sample offset where both rates align, so the concatenated blocks equal
+  :func:`echo.audio.load` on the whole file (to float rounding).
+- MP3/M4A/anything else (FFmpeg through torchcodec): decoded whole, FFmpeg converting to 16 kHz
+  mono while it decodes, so memory is 230 MB per hour of audio, not the native-rate signal
+  (torchcodec's time-range decoding is not seamless for AAC, see :func:`_stream_ffmpeg`).
+
+:func:`probe` checks a file's header without decoding it (exists, not a directory, non-empty,
+a readable audio header, no WAV data chunk cut short), so several inputs can all be checked before
+any work or output starts. Problems only visible in the samples (NaN/inf, a FLAC/MP3 stream that
+ends early) raise while streaming. Every problem is an :class:`~echo.errors.AudioError` with one
+line naming the file.
+
+Also: chunked encoding of long signals (:func:`chunk_spans`, :func:`encode_latents`) so the
+encoder's attention never sees more than ``chunk_seconds`` of audio at once.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from echo.audio import SAMPLE_RATE, _SOUNDFILE_EXT, _first_line, resample
+from echo.errors import AudioError, ConfigError
+
+__all__ = ["InferenceConfig", "AudioSource", "probe", "stream", "read_all", "is_silent",
+           "chunk_spans", "encode_latents", "TOKEN_SAMPLES"]
+
+log = logging.getLogger(__name__)
+
+# One encoder token = 4 log-mel frames of 10 ms = 640 samples at 16 kHz. Chunk boundaries are put
+# on multiples of it so that chunked tokens line up with the tokens of the whole signal.
+TOKEN_SAMPLES = 640
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How long recordings are read and encoded.
+
+    Attributes:
+        block_seconds: audio decoded per block while streaming (> 0). Bounds decoder memory.
+        chunk_seconds: audio the encoder sees at once (> 0); attention cost grows with its square.
+        context_seconds: extra audio encoded on each side of a chunk and then dropped (>= 0), so
+            tokens near chunk edges still see context.
+        silence_dbfs: a recording whose peak is below this level (dB full scale, < 0) is treated
+            as silent: no speakers, no phones.
+        progress_seconds: show a progress bar for inputs longer than this (>= 0) when stderr is
+            a terminal.
+    """
+
+    block_seconds: float = 60.0
+    chunk_seconds: float = 30.0
+    context_seconds: float = 4.0
+    silence_dbfs: float = -70.0
+    progress_seconds: float = 120.0
+
+    def __post_init__(self) -> None:
+        for name in ("block_seconds", "chunk_seconds"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0):
+                raise ConfigError(f"inference.{name}: expected seconds > 0, got {v!r}")
+        for name in ("context_seconds", "progress_seconds"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v >= 0):
+                raise ConfigError(f"inference.{name}: expected seconds >= 0, got {v!r}")
+        if not (isinstance(self.silence_dbfs, (int, float)) and self.silence_dbfs < 0):
+            raise ConfigError(f"inference.silence_dbfs: expected a level < 0 dBFS, got {self.silence_dbfs!r}")
+
+
+@dataclass(frozen=True)
+class AudioSource:
+    """A checked input file.
+
+    Attributes:
+        path: the file.
+        backend: ``"soundfile"`` or ``"ffmpeg"``.
+        sample_rate: the file's own rate.
+        channels: the file's channel count.
+        duration: seconds, from the header.
+    """
+
+    path: Path
+    backend: str
+    sample_rate: int
+    channels: int
+    duration: float
+
+    @property
+    def num_samples(self) -> int:
+        """Samples at 16 kHz that streaming will yield (from the header's duration)."""
+        return int(round(self.duration * SAMPLE_RATE))
+
+
+def probe(path: str | os.PathLike) -> AudioSource:
+    """Check an input file's header without decoding its samples.
+
+    Raises:
+        AudioError: missing, a directory, empty, not audio, a WAV whose data chunk is cut short,
+            or a header announcing no samples.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, expected an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    if path.suffix.lower() in _SOUNDFILE_EXT:
+        import soundfile as sf
+
+        try:
+            i = sf.info(str(path))
+        except Exception as e:  # libsndfile's messages are long; keep one line
+            raise AudioError(f"{path}: not a readable audio file ({_first_line(e)})") from None
+        _check_riff_data(path)
+        src = AudioSource(path, "soundfile", int(i.samplerate), int(i.channels), i.frames / i.samplerate)
+    else:
+        dec = _ffmpeg_decoder(path)
+        m = dec.metadata
+        dur = m.duration_seconds_from_header if m.duration_seconds_from_header is not None else m.duration_seconds
+        src = AudioSource(path, "ffmpeg", int(m.sample_rate), int(m.num_channels or 1), float(dur or 0.0))
+    if src.num_samples == 0 and src.backend == "soundfile":
+        raise AudioError(f"{path}: contains no audio samples")
+    return src
+
+
+def _check_riff_data(path: Path) -> None:
+    """Raise if a RIFF/WAVE file's ``data`` chunk claims more bytes than the file holds.
+
+    libsndfile silently reads a cut-off WAV as a shorter one; a file cut off by a failed copy or
+    download should be an error. Sizes 0 and 0xFFFFFFFF mean "unknown" (streamed/RF64 writers).
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return
+        pos = 12
+        while pos + 8 <= size:
+            fh.seek(pos)
+            cid, clen = struct.unpack("<4sI", fh.read(8))
+            if cid == b"data":
+                if clen not in (0, 0xFFFFFFFF) and pos + 8 + clen > size:
+                    have = size - pos - 8
+                    raise AudioError(f"{path}: truncated WAV, header announces {clen} bytes of audio, "
+                                     f"the file holds {have} ({100 * have / clen:.0f}%)")
+                return
+            pos += 8 + clen + (clen & 1)  # chunks are word-aligned
+
+
+def _ffmpeg_decoder(path: Path, **kw):
+    try:
+        from torchcodec.decoders import AudioDecoder
+    except Exception as e:  # FFmpeg shared libraries missing
+        raise AudioError(f"{path}: decoding {path.suffix or 'this file'} needs FFmpeg via torchcodec, "
+                         f"which failed to load ({_first_line(e)}); run workflow/install.sh") from None
+    try:
+        return AudioDecoder(str(path), **kw)
+    except Exception as e:
+        raise AudioError(f"{path}: not a decodable audio file ({_first_line(e)})") from None
+
+
+def stream(src: AudioSource, block_seconds: float = 60.0) -> Iterator[np.ndarray]:
+    """Yield consecutive 16 kHz mono float32 blocks of ``src`` (about ``block_seconds`` each).
+
+    Raises:
+        AudioError: non-finite samples, or the stream ends well before the header says.
+    """
+    blocks = _stream_soundfile(src, block_seconds) if src.backend == "soundfile" else _stream_ffmpeg(src, block_seconds)
+    for x in blocks:
+        if not np.isfinite(x).all():
+            raise AudioError(f"{src.path}: contains NaN or infinite samples")
+        yield x
+
+
+def _stream_soundfile(src: AudioSource, block_seconds: float) -> Iterator[np.ndarray]:
+    import soundfile as sf
+
+    sr = src.sample_rate
+    # Resample blocks on offsets where both rates fall on whole samples (multiples of `unit` input
+    # samples), with a margin of context on each side, so that block edges are seamless.
+    unit = sr // math.gcd(sr, SAMPLE_RATE)
+    out_unit = SAMPLE_RATE * unit // sr
+    block = max(1, round(block_seconds * sr / unit)) * unit
+    margin = 0 if sr == SAMPLE_RATE else max(1, math.ceil(0.05 * sr / unit)) * unit
+    total = int(round(src.duration * sr))
+    start = 0
+    try:
+        with sf.SoundFile(str(src.path)) as f:
+            while start < total:
+                lo = max(0, start - margin)
+                f.seek(lo)
+                want = min(total, start + block + margin) - lo
+                x = f.read(frames=want, dtype="float32", always_2d=True)
+                if len(x) < want:
+                    raise AudioError(f"{src.path}: truncated, audio ends at {(lo + len(x)) / sr:.1f} s, "
+                                     f"header says {src.duration:.1f} s")
+                x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+                y = resample(np.ascontiguousarray(x), sr, SAMPLE_RATE)
+                skip = (start - lo) // unit * out_unit
+                n_out = math.ceil((min(total, start + block) - start) * SAMPLE_RATE / sr)
+                yield y[skip:skip + n_out]
+                start += block
+    except AudioError:
+        raise
+    except Exception as e:  # e.g. "flac decoder lost sync" on a cut-off FLAC
+        raise AudioError(f"{src.path}: truncated or corrupt audio data after {start / sr:.1f} s "
+                         f"({_first_line(e)})") from None
+
+
+def _stream_ffmpeg(src: AudioSource, block_seconds: float) -> Iterator[np.ndarray]:
+    # Decoded whole, with FFmpeg converting to 16 kHz mono as it goes (230 MB per hour of audio):
+    # time-range decoding is not seamless for AAC (a range that starts inside a frame seeks and
+    # resets the decoder), and compressed files are small enough on disk to be this long rarely.
+    dec = _ffmpeg_decoder(src.path, sample_rate=SAMPLE_RATE, num_channels=1)
+    try:
+        x = dec.get_all_samples().data.numpy()
+    except Exception as e:
+        raise AudioError(f"{src.path}: not a decodable audio file ({_first_line(e)})") from None
+    x = x.mean(axis=0) if x.ndim == 2 else x
+    got = len(x)
+    if got == 0:
+        raise AudioError(f"{src.path}: contains no audio samples")
+    # MP3/AAC headers estimate the duration; allow for priming, padding and estimation error
+    if src.duration > 0 and got / SAMPLE_RATE < 0.98 * src.duration - 0.5:
+        raise AudioError(f"{src.path}: truncated, audio ends at {got / SAMPLE_RATE:.1f} s, "
+                         f"header says {src.duration:.1f} s")
+    step = max(1, round(block_seconds * SAMPLE_RATE))
+    for i in range(0, got, step):
+        yield x[i:i + step].astype(np.float32, copy=False)
+
+
+def read_all(src: AudioSource, config: InferenceConfig = InferenceConfig(), desc: str = "decode") -> np.ndarray:
+    """Decode ``src`` block by block into one 16 kHz mono float32 array.
+
+    Memory: the result (230 MB per hour) plus one block; never the file at its native rate.
+    """
+    from tqdm import tqdm
+
+    parts = []
+    with tqdm(total=round(src.duration), unit="s", desc=f"{desc} {src.path.name}", leave=False,
+              disable=_no_progress(src.duration, config)) as bar:
+        for x in stream(src, config.block_seconds):
+            parts.append(x)
+            bar.update(round(len(x) / SAMPLE_RATE))
+    wave = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else np.zeros(0, np.float32))
+    if wave.size == 0:
+        raise AudioError(f"{src.path}: contains no audio samples")
+    return wave
+
+
+def _no_progress(duration: float, config: InferenceConfig) -> bool | None:
+    # None lets tqdm decide (no bar when stderr is not a terminal)
+    return True if duration < config.progress_seconds else None
+
+
+def is_silent(wave: np.ndarray, silence_dbfs: float = -70.0) -> bool:
+    """True when the peak level is below ``silence_dbfs`` (digital silence, a muted channel)."""
+    peak = float(np.abs(wave).max()) if wave.size else 0.0
+    return peak <= 10.0 ** (silence_dbfs / 20.0)
+
+
+def chunk_spans(num_samples: int, config: InferenceConfig = InferenceConfig()) -> list[tuple[int, int, int, int]]:
+    """Encoder chunks of a signal, aligned to token boundaries.
+
+    Returns:
+        ``(lo, hi, keep_lo, keep_hi)`` sample offsets per chunk: encode ``wave[lo:hi]`` and keep its
+        tokens for ``[keep_lo, keep_hi)``; the kept spans tile ``[0, num_samples)``.
+    """
+    step = max(1, round(config.chunk_seconds * SAMPLE_RATE / TOKEN_SAMPLES)) * TOKEN_SAMPLES
+    ctx = round(config.context_seconds * SAMPLE_RATE / TOKEN_SAMPLES) * TOKEN_SAMPLES
+    spans = []
+    for keep_lo in range(0, max(num_samples, 1), step):
+        keep_hi = min(num_samples, keep_lo + step)
+        spans.append((max(0, keep_lo - ctx), min(num_samples, keep_hi + ctx), keep_lo, keep_hi))
+    return spans
+
+
+def encode_latents(latents_fn: Callable[[np.ndarray], np.ndarray], wave: np.ndarray,
+                   config: InferenceConfig = InferenceConfig(), desc: str = "encode") -> np.ndarray:
+    """Latents of a long signal, encoded chunk by chunk with context (bounded attention memory).
+
+    Args:
+        latents_fn: maps a 16 kHz mono chunk to its latents ``(ceil(frames / 4), D)`` with
+            ``frames = 1 + samples // 160`` (one token per 640 samples, the last one partial).
+        wave: 16 kHz mono float32.
+        config: chunk and context lengths.
+
+    Returns:
+        ``(N, D)`` float32, as many tokens as ``latents_fn(wave)`` gives (25 per second).
+    """
+    from tqdm import tqdm
+
+    spans = chunk_spans(len(wave), config)
+    out = []
+    for lo, hi, keep_lo, keep_hi in tqdm(spans, desc=desc, unit="chunk", leave=False,
+                                        disable=_no_progress(len(wave) / SAMPLE_RATE, config)):
+        z = np.asarray(latents_fn(wave[lo:hi]), dtype=np.float32)
+        a = (keep_lo - lo) // TOKEN_SAMPLES
+        # the last chunk keeps all its remaining tokens (the centred STFT adds a frame at the end)
+        b = None if keep_hi == len(wave) else a + (keep_hi - keep_lo) // TOKEN_SAMPLES
+        out.append(z[a:b])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

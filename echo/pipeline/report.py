@@ -33,7 +33,7 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 def header_section(raw: dict, timings_dir: Path) -> str:
     timings = [json.loads(p.read_text()) for p in sorted(timings_dir.glob("*.json"))] if timings_dir.exists() else []
-    devices = sorted({t["device"] for t in timings})
+    devices = sorted({t["device"].split(",")[0] for t in timings})
     out = ["# Echo results", "",
            f"- commit: `{git_commit() or 'no git checkout'}`",
            f"- params: profile `{raw.get('profile')}`, params hash `{params_hash(raw)}`",
@@ -51,14 +51,34 @@ def header_section(raw: dict, timings_dir: Path) -> str:
 def corpus_section(stats: dict) -> str:
     rows = []
     for s in ("train", "dev", "test"):
-        d = stats.get("splits", {}).get(s, {})
+        d = stats["splits"].get(s, {})
         rows.append([s, d.get("speakers", 0), d.get("utterances", 0), float(d.get("hours", 0.0))])
-    out = [f"## Corpus ({stats.get('source', '?')})", "", _table(["split", "speakers", "utterances", "hours"], rows), ""]
-    inv = stats.get("phoneme_inventory", [])
-    out.append(f"Phoneme inventory: {len(inv)} symbols. Alignment coverage: "
-               f"{100 * stats.get('alignment_utterance_share', 0):.1f}% of utterances, "
-               f"{100 * stats.get('alignment_speech_share', 0):.1f}% of audio in non-silence phones.")
+    out = [f"## Corpus ({stats['source']})", "", _table(["split", "speakers", "utterances", "hours"], rows), ""]
+    out.append(f"Mean utterance {stats['mean_utterance_s']:.2f} s. Phoneme inventory: {stats['phone_inventory_size']} "
+               f"symbols. Alignment coverage: {100 * stats['aligned_share']:.1f}% of utterances aligned by the "
+               f"synthesiser, {100 * stats['speech_phone_share']:.1f}% of audio in non-silence phones.")
     return "\n".join(out) + "\n"
+
+
+def simulation_section(sim: dict[str, dict]) -> str:
+    """Conversations and mixtures per split: K histogram, overlap achieved vs target, SNR, reverb."""
+    rows = []
+    for name, st in sim.items():
+        kind, split = name.split("_", 1)
+        ks = ", ".join(f"{k}:{n}" for k, n in sorted(st["k_histogram"].items(), key=lambda x: int(x[0])))
+        if kind == "conversations":
+            ov = st["overlap_k2plus"]
+            overlap = f"{100 * ov['achieved']:.1f} (target {100 * ov['target']:.1f})"
+        else:
+            overlap = f"{100 * st['overlap']['mean']:.1f} (mean per mixture)"
+        snr = st.get("snr_db", {})
+        snr_s = f"{snr['mean']:.1f} [{snr['min']:.1f}, {snr['max']:.1f}]" if snr.get("count") else "no noise"
+        rows.append([kind, split, st["recordings"] if "recordings" in st else sum(st["k_histogram"].values()),
+                     ks, float(st["hours"]), overlap, snr_s, f"{100 * st.get('reverb_share', 0.0):.0f}%"])
+    figs = " ".join(f"[{n}](figures/{n}.png)" for n in sim)
+    return "\n".join(["## Simulated conversations and mixtures", "",
+                       _table(["set", "split", "recordings", "K: count", "hours", "overlap % (K>=2)", "SNR dB",
+                               "reverb"], rows), "", f"Overlap and K distributions: {figs}", ""])
 
 
 def render(raw: dict, results: Path = Path("results"), timings: Path = Path("logs/timings")) -> tuple[str, dict]:
@@ -68,5 +88,9 @@ def render(raw: dict, results: Path = Path("results"), timings: Path = Path("log
     corpus = _load(results / "corpus_stats.json")
     if corpus:
         parts.append(corpus_section(corpus))
-        metrics["corpus"] = {"hours_total": sum(d.get("hours", 0) for d in corpus.get("splits", {}).values())}
+        metrics["corpus"] = {"hours": corpus["hours"], "speakers": corpus["speakers"],
+                             "utterances": corpus["utterances"], "phone_inventory_size": corpus["phone_inventory_size"]}
+    sim = {p.stem: json.loads(p.read_text()) for p in sorted((results / "simulation").glob("*.json"))}
+    if sim:
+        parts.append(simulation_section(sim))
     return "\n".join(parts), metrics

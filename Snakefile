@@ -10,6 +10,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/simulation.smk"
+include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -35,6 +35,8 @@ SECTIONS: dict[str, str] = {
     "corpus.embedded": "echo.corpus.embedded:EmbeddedCorpusConfig",
     "corpus.real": "echo.corpus.adapters:RealCorpusConfig",
     "features": "echo.features:FrontEnd",
+    "encoder": "echo.models.vit:EncoderConfig",
+    "pretrain": "echo.train.pretrain:PretrainConfig",
     "simulation.conversations": "echo.simulate.conversations:ConversationConfig",
     "simulation.mixtures": "echo.simulate.mixtures:MixtureConfig",
     "simulation.sets": "echo.simulate.sets:SimulationSets",

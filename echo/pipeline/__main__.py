@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--params", default="params.yaml")
     v = sub.add_parser("validate")
     v.add_argument("--params", default="params.yaml")
+    w = sub.add_parser("worker", help="one torchrun rank of a multi-process node")
+    w.add_argument("node")
+    w.add_argument("--params", default="params.yaml")
+    w.add_argument("--run-id", default=None)
     sc = sub.add_parser("schema")
     sc.add_argument("--check", action="store_true")
     p = sub.add_parser("parent")
@@ -41,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
             from echo.pipeline.runner import run_node
 
             run_node(args.node, Path(args.params), mlflow=not args.no_mlflow)
+        elif args.cmd == "worker":
+            from echo.pipeline.runner import run_worker
+
+            run_worker(args.node, Path(args.params), args.run_id)
         elif args.cmd == "dvc":
             from echo.pipeline.dvc import check_dvc_yaml, write_dvc_yaml
 

@@ -79,8 +79,15 @@ def nodes() -> list[Node]:
                 wildcards=(("kind", kind), ("split", s)), metrics=(f"results/simulation/{kind}_{s}.json",),
                 dirs=frozenset({f"data/sim/{kind}/{s}"})))
     out.append(Node(
+        "pretrain", "pretrain", "pretrain", deps=("data/features/train",), outs=("models/pretrain",),
+        params=("features", "encoder", "pretrain"),
+        code=_code("echo/models/vit.py", "echo/models/jepa.py", "echo/models/masks.py", "echo/train/pretrain.py",
+                   "echo/train/loader.py", "echo/train/schedules.py", "echo/train/checkpoint.py",
+                   "echo/train/collapse.py", "echo/train/distributed.py"),
+        gpu=1, threads=2, dirs=frozenset({"models/pretrain"})))
+    out.append(Node(
         "tables", "report", "tables",
-        deps=("results/corpus_stats.json",) + tuple(f"data/features/{s}" for s in SPLITS)
+        deps=("results/corpus_stats.json", "models/pretrain") + tuple(f"data/features/{s}" for s in SPLITS)
         + tuple(f"results/simulation/{k}_{s}.json" for k, ss in SIMULATED.items() for s in ss),
         outs=("results/tables.md",), params=("profile",), code=_code("echo/pipeline/report.py"),
         metrics=("results/metrics.json",)))

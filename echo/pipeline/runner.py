@@ -67,3 +67,15 @@ def _write_timing(n, wall: float) -> None:
     write_json(Path("logs/timings") / f"{n.name}.json",
                {"node": n.name, "wall_s": round(wall, 2), "peak_rss_mb": round(peak_mb, 1),
                 "device": device_name(), "git_commit": git_commit()})
+
+
+def run_worker(name: str, params_path: Path, run_id: str | None) -> None:
+    """One torchrun rank of node ``name``; rank 0 logs into the parent process's MLflow child run."""
+    n = dag.node(name)
+    raw = validate_raw(load_raw(params_path), str(params_path))
+    run = None
+    if run_id and os.environ.get("RANK", "0") == "0":
+        from echo.tracking import NodeRun, _client
+
+        run = NodeRun(_client(), run_id)
+    getattr(steps, n.step + "_body")(n, raw, run)

@@ -103,3 +103,71 @@ def simulate(node, raw, run):
         shutil.copyfile(out / "stats.png", tmp)
     if run:
         run.log_metrics(_flat_numbers(stats))
+
+
+def _work_dir(name: str, raw: dict, keys: tuple[str, ...], inputs: tuple[str, ...]) -> Path:
+    """A resumable scratch directory keyed by the params slice and the inputs' fingerprints.
+
+    Training checkpoints live here, outside the node's declared outputs (which Snakemake and DVC
+    delete before a run), so a killed run resumes; the key ensures a run never resumes from a
+    checkpoint made with other params or other data.
+    """
+    import hashlib
+
+    from echo.config import params_hash, params_slice
+
+    h = hashlib.sha256(params_hash(params_slice(raw, keys)).encode())
+    for inp in inputs:
+        p = Path(inp)
+        for f in sorted(p.rglob("*.json")) + sorted(p.rglob("*.parquet")) if p.is_dir() else [p]:
+            if f.is_file():
+                h.update(f.read_bytes())
+    d = Path("work") / f"{name}-{h.hexdigest()[:12]}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _device(pref: str = "auto") -> str:
+    import torch
+
+    return "cuda" if pref == "auto" and torch.cuda.is_available() else ("cpu" if pref == "auto" else pref)
+
+
+def pretrain(node, raw, run):
+    """JEPA pretraining of the encoder (torchrun with ECHO_NPROC=N processes on a multi-GPU node)."""
+    import os
+    import subprocess
+    import sys
+
+    nproc = int(os.environ.get("ECHO_NPROC", "1"))
+    if nproc > 1 and "RANK" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "echo.pipeline", "worker", node.name] + (["--run-id", run.run_id] if run else [])
+        log.info("launching %s", " ".join(cmd))
+        subprocess.run(cmd, check=True)
+        return
+    pretrain_body(node, raw, run)
+
+
+def pretrain_body(node, raw, run):
+    """The pretraining itself, on one process or as one torchrun rank (rank 0 writes outputs)."""
+    import shutil
+
+    from echo.features import FeatureCache
+    from echo.io import atomic_dir
+    from echo.train.pretrain import pretrain as jepa_pretrain
+
+    enc_cfg = load_section(raw, "encoder")
+    cfg = load_section(raw, "pretrain")
+    fe = load_section(raw, "features")
+    cache = FeatureCache(node.deps[0], expected=fe)
+    work = _work_dir(node.name, raw, node.params, (node.deps[0],))
+    logger = (lambda m, step: run.log_metrics(m, step)) if run else None
+    ckpt = jepa_pretrain(cfg, enc_cfg, cache, work, log_metrics=logger, device=_device())
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return
+    with atomic_dir(node.outs[0]) as tmp:
+        shutil.copyfile(ckpt, tmp / "encoder.pt")
+        shutil.copyfile(work / "curves.parquet", tmp / "curves.parquet")

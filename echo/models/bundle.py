@@ -1,0 +1,236 @@
+"""The deployable Echo model: one encoder, its light heads, the phone inventory and the front-end.
+
+A bundle is a directory::
+
+    bundle.json   format, version, stage, front-end settings, phone inventory, components, provenance
+    encoder.pt    the shared ViT encoder (input normalisation included; readable by Encoder.load)
+    speaker.pt    SpeakerHead            (from stage 1, "speaker")
+    arcface.pt    ArcFace class centres  (training only: later stages replay the ArcFace loss)
+    ctc.pt        continuous CTC head    (from stage 2, "phonetic")
+    vq_ctc.pt     VQ bottleneck + CTC    (from stage 2)
+    router.pt     SourceRouter           (from stage 3, "routing")
+
+Each specialisation stage writes the bundle of its state, so every stage (after pretraining,
++speaker, +phonetic, +routing; continuous vs VQ transcription) can be evaluated the same way.
+Saving is deterministic: the same weights give the same bytes (``save -> load -> save`` is
+byte-identical), which is what DVC needs to see an unchanged output as unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from echo.errors import CacheMismatchError, EchoError
+from echo.features import FrontEnd
+from echo.heads.arcface import ArcFaceLoss
+from echo.heads.ctc import CTCHead, PhoneInventory, ctc_greedy_decode
+from echo.heads.router import SourceRouter
+from echo.heads.speaker import SpeakerHead
+from echo.io import atomic_dir, atomic_path, read_json, write_json
+from echo.models.vit import ENCODER_FORMAT, ENCODER_FORMAT_VERSION, Encoder, EncoderOutput
+
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "STAGES", "EchoModel", "Transcript", "Routing",
+           "save_encoder_bytes"]
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "echo.bundle"
+# Bump when the layout or the meaning of a component changes: old bundles then fail loudly.
+BUNDLE_VERSION = 1
+STAGES = ("pretrain", "speaker", "phonetic", "routing")
+HEADS = ("speaker", "arcface", "ctc", "vq_ctc", "router")
+_LOADERS = {"speaker": SpeakerHead.load, "arcface": ArcFaceLoss.load, "ctc": CTCHead.load,
+            "vq_ctc": CTCHead.load, "router": SourceRouter.load}
+
+
+class Transcript(NamedTuple):
+    """Greedy CTC transcription of one sequence: phone symbols and their times (seconds)."""
+
+    phones: list[str]
+    ids: list[int]
+    start_s: list[float]
+    end_s: list[float]
+
+
+class Routing(NamedTuple):
+    """Router output: ``slots`` ``(B, k_max, T, D)``, ``exist_prob`` ``(B, k_max)``, ``active``
+    ``(B, k_max)`` bool (probability >= threshold) and ``count`` ``(B,)`` = estimated speakers."""
+
+    slots: torch.Tensor
+    exist_prob: torch.Tensor
+    active: torch.Tensor
+    count: torch.Tensor
+
+
+def save_encoder_bytes(encoder: Encoder, path: str | os.PathLike) -> None:
+    """Write ``encoder`` in :meth:`Encoder.save`'s format, deterministically.
+
+    ``Encoder.save`` hands ``torch.save`` a randomly named temporary file, and torch embeds the
+    file name in the zip archive; serialising to memory first gives the same bytes for the same
+    weights. The payload is the one :meth:`Encoder.load` checks.
+    """
+    payload = {
+        "format": ENCODER_FORMAT,
+        "version": ENCODER_FORMAT_VERSION,
+        "config": dataclasses.asdict(encoder.cfg),
+        "state_dict": {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+class EchoModel(nn.Module):
+    """One shared encoder plus whichever light heads the stages so far have trained.
+
+    Args:
+        encoder: the shared encoder.
+        frontend: the log-mel front-end the encoder was trained on.
+        stage: the last stage that shaped this model (one of :data:`STAGES`).
+        speaker, arcface, ctc, vq_ctc, router: heads (None where not trained yet).
+        meta: JSON-serialisable provenance (per-stage configs, selected step, dev metrics).
+    """
+
+    def __init__(self, encoder: Encoder, frontend: FrontEnd = FrontEnd(), stage: str = "pretrain", *,
+                 speaker: SpeakerHead | None = None, arcface: ArcFaceLoss | None = None,
+                 ctc: CTCHead | None = None, vq_ctc: CTCHead | None = None,
+                 router: SourceRouter | None = None, meta: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if stage not in STAGES:
+            raise EchoError(f"bundle stage: expected one of {STAGES}, got {stage!r}")
+        if vq_ctc is not None and vq_ctc.vq is None:
+            raise EchoError("bundle vq_ctc: expected a CTC head built with a VQConfig")
+        if ctc is not None and vq_ctc is not None and ctc.inventory != vq_ctc.inventory:
+            raise EchoError("bundle: the continuous and VQ CTC heads have different phone inventories")
+        self.encoder = encoder
+        self.frontend = frontend
+        self.stage = stage
+        self.meta = dict(meta or {})
+        for name, mod in (("speaker", speaker), ("arcface", arcface), ("ctc", ctc), ("vq_ctc", vq_ctc),
+                          ("router", router)):
+            self.add_module(name, mod)
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def inventory(self) -> PhoneInventory | None:
+        """The phone vocabulary of the CTC heads (None before the phonetic stage)."""
+        head = self.ctc if self.ctc is not None else self.vq_ctc
+        return head.inventory if head is not None else None
+
+    @property
+    def components(self) -> list[str]:
+        return ["encoder"] + [h for h in HEADS if getattr(self, h) is not None]
+
+    # -- inference -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def latents(self, mels: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
+        """Shared latents of raw log-mel frames ``(B, T, n_mels)`` (or ``(T, n_mels)``) at 100 frames/s.
+
+        Returns:
+            :class:`~echo.models.vit.EncoderOutput` (``features (B, N, D)``, ``mask (B, N)``), 40 ms per token.
+        """
+        dev = next(self.encoder.parameters()).device
+        return self.encoder(mels.to(dev), None if lengths is None else lengths.to(dev))
+
+    def _need(self, name: str) -> nn.Module:
+        mod = getattr(self, name)
+        if mod is None:
+            raise EchoError(f"bundle ({self.stage}): has no {name} head; expected a bundle from a later stage")
+        return mod
+
+    @torch.no_grad()
+    def embed_speaker(self, latents: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, emb_dim)`` unit speaker embeddings of latent sequences ``(B, T, D)``."""
+        return self._need("speaker")(latents, mask)
+
+    @torch.no_grad()
+    def transcribe(self, latents: torch.Tensor, mask: torch.Tensor | None = None, vq: bool = False) -> list[Transcript]:
+        """Greedy CTC transcription with token times.
+
+        Args:
+            latents: ``(B, T, D)``.
+            mask: bool ``(B, T)`` (padding at the end), or None.
+            vq: decode through the VQ bottleneck head instead of the continuous one.
+
+        Returns:
+            One :class:`Transcript` per sequence.
+        """
+        head: CTCHead = self._need("vq_ctc" if vq else "ctc")
+        out = head(latents, mask)
+        hyps = ctc_greedy_decode(out.log_probs, out.lengths, head.config.frame_shift)
+        return [Transcript(head.inventory.decode(h.ids), h.ids, h.start_s, h.end_s) for h in hyps]
+
+    @torch.no_grad()
+    def route(self, latents: torch.Tensor, mask: torch.Tensor | None = None, threshold: float = 0.5) -> Routing:
+        """Split mixture latents ``(B, T, D)`` into ``k_max`` slots with existence probabilities."""
+        out = self._need("router")(latents, mask)
+        prob = torch.sigmoid(out.exist_logits)
+        active = prob >= threshold
+        return Routing(out.slots, prob, active, active.sum(dim=1))
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the bundle directory atomically (replacing an existing one).
+
+        Returns:
+            ``path`` as a Path.
+        """
+        path = Path(path)
+        inventory = self.inventory
+        with atomic_dir(path) as tmp:
+            save_encoder_bytes(self.encoder, tmp / "encoder.pt")
+            for name in HEADS:
+                mod = getattr(self, name)
+                if mod is not None:
+                    mod.save(tmp / f"{name}.pt")
+            write_json(tmp / "bundle.json", {
+                "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "stage": self.stage,
+                "frontend": self.frontend.to_dict(), "components": self.components,
+                "phones": list(inventory.phones) if inventory is not None else None,
+                "meta": self.meta,
+            })
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "EchoModel":
+        """Read a bundle written by :meth:`save` (in eval mode).
+
+        Raises:
+            EchoError: the directory or a component file is missing.
+            CacheMismatchError: not a bundle, or a bundle of another format version.
+        """
+        path = Path(path)
+        meta_path = path / "bundle.json"
+        if not meta_path.is_file():
+            raise EchoError(f"{path}: not an Echo model bundle (no bundle.json)")
+        try:
+            info = read_json(meta_path)
+        except ValueError:
+            raise CacheMismatchError(f"{meta_path}: unreadable bundle description (not JSON)") from None
+        if not isinstance(info, dict) or info.get("format") != BUNDLE_FORMAT:
+            raise CacheMismatchError(f"{meta_path}: not an Echo model bundle (expected format {BUNDLE_FORMAT!r})")
+        if info.get("version") != BUNDLE_VERSION:
+            raise CacheMismatchError(f"{path}: bundle format version {info.get('version')!r}, this code reads "
+                                     f"version {BUNDLE_VERSION}; re-run the stage that wrote it")
+        try:
+            frontend = FrontEnd(**info["frontend"])
+        except TypeError:
+            raise CacheMismatchError(f"{meta_path}: front-end settings written by another version") from None
+        comps = list(info.get("components", []))
+        unknown = [c for c in comps if c != "encoder" and c not in HEADS]
+        if unknown:
+            raise CacheMismatchError(f"{meta_path}: unknown component {unknown[0]!r}; written by another version")
+        heads = {name: _LOADERS[name](path / f"{name}.pt") for name in HEADS if name in comps}
+        model = cls(Encoder.load(path / "encoder.pt"), frontend, info["stage"], meta=info.get("meta") or {}, **heads)
+        if info.get("phones") is not None and model.inventory is not None \
+                and list(model.inventory.phones) != list(info["phones"]):
+            raise CacheMismatchError(f"{meta_path}: phone inventory differs from the CTC heads'")
+        return model.to(map_location).eval()

@@ -1,0 +1,184 @@
+"""Stage 2, phonetic content: a continuous CTC head AND the paper's VQ bottleneck + CTC head, both
+on the shared latent and both trained in this stage, so PER is reported both ways.
+
+Run (after stage 1)::
+
+    from echo.stages.phonetic import PhoneticStageConfig, train_phonetic_stage
+    train_phonetic_stage(PhoneticStageConfig(), "runs/stage1_speaker/bundle", FeatureCache("features/train"),
+                         FeatureCache("features/dev"), "runs/stage2_phonetic", log_metrics=print)
+
+CTC targets of a crop are its frame phone labels, repeats collapsed, silence and unknown frames
+dropped. The VQ codebook's perplexity and usage are logged on training batches and on dev; dead
+codes (unused for ``vq_dead_code_steps`` steps) are re-initialised from current latents. By
+default the guard distils towards the stage-1 encoder and replays a small ArcFace term.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from echo.heads.ctc import CTCConfig, CTCHead
+from echo.heads.vq import UPDATES, VQConfig
+from echo.models.bundle import EchoModel
+from echo.stages.batches import CropSampler, LabelledFrames, dev_batches
+from echo.stages.common import (MetricsLogger, StageConfig, StageGuardConfig, StageTrainer, _is_int, _need, _sha256_of,
+                                load_start, phonetic_dev_metrics, speaker_dev_metrics)
+
+__all__ = ["PhoneticStageConfig", "PhoneticStage", "train_phonetic_stage"]
+
+log = logging.getLogger(__name__)
+
+CROP_STREAM = 0x70686E32  # "phn2"
+SELECT = {"per_ctc": "per_ctc", "per_vq": "per_vq", "per_mean": "per_mean"}
+
+
+@dataclass(frozen=True)
+class PhoneticStageConfig(StageConfig):
+    """Stage 2 (``stages.phonetic``): the fields of :class:`~echo.stages.common.StageConfig` plus:
+
+    Attributes:
+        ctc_hidden_dim: hidden width of both CTC heads (>= 1).
+        ctc_layers: hidden layers of both CTC heads (0 = linear probe; 0..4).
+        ctc_dropout: dropout in the CTC heads (0 <= p < 1).
+        codebook_size: VQ codes (>= 2).
+        code_dim: VQ code width; 0 = the latent width (no projection), else projected (>= 0).
+        vq_update: ``ema`` or ``loss`` codebook learning.
+        vq_commitment: commitment weight β (>= 0).
+        vq_dead_code_steps: revive codes unused this many steps (>= 0; 0 = never).
+        ctc_weight: weight of the continuous CTC loss (>= 0).
+        vq_ctc_weight: weight of the VQ-CTC loss incl. commitment (>= 0).
+        select: dev metric that picks the kept step: ``per_ctc``, ``per_vq`` or ``per_mean`` (lower is better).
+    """
+
+    SECTION: ClassVar[str] = "stages.phonetic"
+
+    guard: StageGuardConfig = StageGuardConfig(kind="distill", weight=1.0, replay_speaker=0.1)
+    ctc_hidden_dim: int = 256
+    ctc_layers: int = 1
+    ctc_dropout: float = 0.1
+    codebook_size: int = 256
+    code_dim: int = 0
+    vq_update: str = "ema"
+    vq_commitment: float = 0.25
+    vq_dead_code_steps: int = 50
+    ctc_weight: float = 1.0
+    vq_ctc_weight: float = 1.0
+    select: str = "per_ctc"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        p = self.SECTION
+        _need(_is_int(self.ctc_hidden_dim) and self.ctc_hidden_dim >= 1, f"{p}.ctc_hidden_dim", "an integer >= 1", self.ctc_hidden_dim)
+        _need(_is_int(self.ctc_layers) and 0 <= self.ctc_layers <= 4, f"{p}.ctc_layers", "an integer in 0..4", self.ctc_layers)
+        _need(0.0 <= self.ctc_dropout < 1.0, f"{p}.ctc_dropout", "0 <= p < 1", self.ctc_dropout)
+        _need(_is_int(self.codebook_size) and self.codebook_size >= 2, f"{p}.codebook_size", "an integer >= 2", self.codebook_size)
+        _need(_is_int(self.code_dim) and self.code_dim >= 0, f"{p}.code_dim", "an integer >= 0 (0 = latent width)", self.code_dim)
+        _need(self.vq_update in UPDATES, f"{p}.vq_update", f"one of {UPDATES}", self.vq_update)
+        _need(self.vq_commitment >= 0, f"{p}.vq_commitment", "a value >= 0", self.vq_commitment)
+        _need(_is_int(self.vq_dead_code_steps) and self.vq_dead_code_steps >= 0, f"{p}.vq_dead_code_steps",
+              "an integer >= 0", self.vq_dead_code_steps)
+        for key in ("ctc_weight", "vq_ctc_weight"):
+            _need(getattr(self, key) >= 0, f"{p}.{key}", "a value >= 0", getattr(self, key))
+        _need(self.ctc_weight + self.vq_ctc_weight > 0, f"{p}.ctc_weight", "ctc_weight + vq_ctc_weight > 0",
+              (self.ctc_weight, self.vq_ctc_weight))
+        _need(self.select in SELECT, f"{p}.select", f"one of {sorted(SELECT)}", self.select)
+
+
+class PhoneticStage(StageTrainer):
+    """Stage 2 trainer (see :func:`train_phonetic_stage`)."""
+
+    name: ClassVar[str] = "phonetic"
+
+    def __init__(self, cfg: PhoneticStageConfig, bundle_dir: str | Path, train_cache, dev_cache, out_dir: str | Path,
+                 log_metrics: MetricsLogger | None = None, device: str = "cpu") -> None:
+        super().__init__(cfg, out_dir, log_metrics, device)
+        self.train_data = LabelledFrames.from_cache(train_cache)
+        self.dev_data = LabelledFrames.from_cache(dev_cache)
+        self.train_data.check_compatible(self.dev_data, "dev cache")
+        self.frontend = train_cache.frontend
+        self.start = load_start(bundle_dir, self.frontend)
+        self.input_sha256 = _sha256_of(bundle_dir)
+        s = self.start
+        enc = s.encoder
+        patch, d = enc.cfg.patch_frames, enc.cfg.dim
+        # speaker indices must be those of the stage-1 ArcFace centres for the replay term
+        speakers = s.meta.get("train_speakers") or self.train_data.speaker_names
+        self.sampler = CropSampler(self.train_data, cfg.crop_frames(self.train_data.frame_rate, patch), cfg.batch_size,
+                                   cfg.seed, CROP_STREAM, speakers, min_frames=patch * 2)
+        self.inventory = self.sampler.inventory
+        self.dev_set = dev_batches(self.dev_data, cfg.dev_max_utts, int(round(cfg.dev_max_s * self.dev_data.frame_rate)),
+                                   cfg.batch_size, min_frames=patch * 2)
+        torch.manual_seed(cfg.seed)
+        ctc_cfg = CTCConfig(d_model=d, hidden_dim=cfg.ctc_hidden_dim, num_layers=cfg.ctc_layers, dropout=cfg.ctc_dropout,
+                            frame_shift=patch / self.train_data.frame_rate)
+        code_dim = cfg.code_dim or d
+        vq_cfg = VQConfig(d_model=d, codebook_size=cfg.codebook_size, code_dim=code_dim, project=code_dim != d,
+                          update=cfg.vq_update, commitment=cfg.vq_commitment, dead_code_steps=cfg.vq_dead_code_steps,
+                          seed=cfg.seed)
+        self.models["encoder"] = enc
+        for name in ("speaker", "arcface"):
+            if getattr(s, name) is not None:
+                self.models[name] = getattr(s, name)
+        self.models["ctc"] = CTCHead(ctc_cfg, self.inventory)
+        self.models["vq_ctc"] = CTCHead(ctc_cfg, self.inventory, vq_cfg)
+        self.trainable_heads = {"ctc", "vq_ctc"}
+        if cfg.guard.replay_heads_trainable:
+            self.trainable_heads |= {n for n in ("speaker", "arcface") if n in self.models}
+        self._check_replay()
+        self._finish_setup({"train": self.train_data.fingerprint(), "dev": self.dev_data.fingerprint()})
+
+    def compute_loss(self, step: int):
+        cfg = self.cfg
+        b = self.sampler.batch(step).to(self.device)
+        out = self.encoder(b.mels, b.lengths)
+        z, m = out.features, out.mask
+        c = self.models["ctc"].loss(z, m, b.targets, b.target_lengths)
+        v = self.models["vq_ctc"].loss(z, m, b.targets, b.target_lengths)
+        guard = self.guard_loss(z, b.mels, b.lengths, m)
+        replay, rparts = self.replay_loss(z, m, b, step)
+        loss = cfg.ctc_weight * c.total + cfg.vq_ctc_weight * v.total + guard + replay
+        q = v.output.vq
+        return loss, {"ctc": c.ctc.detach(), "vq_ctc": v.ctc.detach(), "vq_commitment": v.vq.detach(),
+                      "vq_perplexity": q.perplexity, "vq_usage": q.usage.detach(), "vq_revived": torch.tensor(float(q.revived)),
+                      "guard": guard.detach(), **rparts}
+
+    def evaluate(self) -> dict[str, float]:
+        m = self.models
+        res = phonetic_dev_metrics(self.encoder, m["ctc"], m["vq_ctc"], self.dev_set, self.device, self.amp)
+        res["per_mean"] = 0.5 * (res["per_ctc"] + res["per_vq"])
+        if "speaker" in m:  # is stage 1's ability kept? (non-interference monitor)
+            res.update(speaker_dev_metrics(self.encoder, m["speaker"], self.dev_set, self.device, self.amp))
+        return res
+
+    def selection(self) -> tuple[str, bool]:
+        return SELECT[self.cfg.select], False
+
+    def bundle(self, dev_metrics: dict[str, float]) -> EchoModel:
+        m = self.models
+        return EchoModel(self.encoder, self.frontend, "phonetic", speaker=m["speaker"] if "speaker" in m else None,
+                         arcface=m["arcface"] if "arcface" in m else None, ctc=m["ctc"], vq_ctc=m["vq_ctc"],
+                         router=self.start.router, meta=self.stage_meta(dev_metrics))
+
+
+def train_phonetic_stage(cfg: PhoneticStageConfig, bundle_dir: str | Path, train_cache, dev_cache,
+                         out_dir: str | Path, log_metrics: MetricsLogger | None = None, device: str = "cpu") -> Path:
+    """Stage 2: specialise the encoder for phonetic content; resume from ``out_dir`` if killed.
+
+    Args:
+        cfg: stage settings.
+        bundle_dir: the stage-1 bundle (or a pretrained ``encoder.pt`` to skip stage 1; replay of
+            ArcFace then needs ``guard.replay_speaker: 0``).
+        train_cache: the train split's :class:`echo.features.FeatureCache` (frame phone labels).
+        dev_cache: the dev split's cache (dev PER selects the kept step).
+        out_dir: stage directory (same files as stage 1).
+        log_metrics: ``log_metrics(metrics, step)`` callback.
+        device: ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        The bundle directory (encoder + speaker head + CTC head + VQ-CTC head) of the selected step.
+    """
+    return PhoneticStage(cfg, bundle_dir, train_cache, dev_cache, out_dir, log_metrics, device).run()

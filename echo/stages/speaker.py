@@ -1,0 +1,142 @@
+"""Stage 1, speaker identity: attentive-statistics speaker head + ArcFace on the training speakers.
+
+Run (the lead's workflow calls this after pretraining)::
+
+    from echo.features import FeatureCache
+    from echo.stages.speaker import SpeakerStageConfig, train_speaker_stage
+    train_speaker_stage(SpeakerStageConfig(), "runs/pretrain/encoder.pt", FeatureCache("features/train"),
+                        FeatureCache("features/dev"), "runs/stage1_speaker", log_metrics=print, device="cpu")
+
+Labels are the TRAIN speakers' indices; dev speakers (disjoint) only select the checkpoint, by
+the EER (or leave-one-out 1-NN accuracy) of their embeddings; test speakers are never read.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from echo.errors import ConfigError
+from echo.heads.arcface import ArcFaceConfig, ArcFaceLoss
+from echo.heads.pooling import VARIANTS
+from echo.heads.speaker import SpeakerConfig, SpeakerHead
+from echo.models.bundle import EchoModel
+from echo.stages.batches import CropSampler, LabelledFrames, dev_batches
+from echo.stages.common import (MetricsLogger, StageConfig, StageGuardConfig, StageTrainer, _need, _sha256_of,
+                                load_start, speaker_dev_metrics)
+
+__all__ = ["SpeakerStageConfig", "SpeakerStage", "train_speaker_stage"]
+
+log = logging.getLogger(__name__)
+
+CROP_STREAM = 0x73706B31  # "spk1"
+
+
+@dataclass(frozen=True)
+class SpeakerStageConfig(StageConfig):
+    """Stage 1 (``stages.speaker``): the fields of :class:`~echo.stages.common.StageConfig` plus:
+
+    Attributes:
+        emb_dim: speaker embedding width (>= 1).
+        pooling: ``okabe`` or ``ecapa`` attentive statistics pooling.
+        attention_dim: hidden width of the pooling scorer (>= 1).
+        arcface: ArcFace scale, margin and margin warm-up.
+        select: dev metric that picks the kept step: ``eer`` (lower is better) or ``knn`` (1-NN accuracy).
+    """
+
+    SECTION: ClassVar[str] = "stages.speaker"
+
+    guard: StageGuardConfig = StageGuardConfig(kind="distill", weight=0.5)
+    emb_dim: int = 192
+    pooling: str = "okabe"
+    attention_dim: int = 128
+    arcface: ArcFaceConfig = ArcFaceConfig(scale=30.0, margin=0.2, margin_warmup_steps=50)
+    select: str = "eer"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        p = self.SECTION
+        _need(isinstance(self.emb_dim, int) and self.emb_dim >= 1, f"{p}.emb_dim", "an integer >= 1", self.emb_dim)
+        _need(isinstance(self.attention_dim, int) and self.attention_dim >= 1, f"{p}.attention_dim", "an integer >= 1",
+              self.attention_dim)
+        _need(self.pooling in VARIANTS, f"{p}.pooling", f"one of {VARIANTS}", self.pooling)
+        _need(self.select in ("eer", "knn"), f"{p}.select", "eer or knn", self.select)
+        _need(isinstance(self.arcface, ArcFaceConfig), f"{p}.arcface", "an ArcFaceConfig", type(self.arcface).__name__)
+        if self.guard.replay_speaker or self.guard.replay_ctc:
+            raise ConfigError(f"{p}.guard.replay_*: stage 1 has no earlier head to replay; expected 0")
+
+
+class SpeakerStage(StageTrainer):
+    """Stage 1 trainer (see :func:`train_speaker_stage`)."""
+
+    name: ClassVar[str] = "speaker"
+
+    def __init__(self, cfg: SpeakerStageConfig, encoder_ckpt: str | Path, train_cache, dev_cache, out_dir: str | Path,
+                 log_metrics: MetricsLogger | None = None, device: str = "cpu") -> None:
+        super().__init__(cfg, out_dir, log_metrics, device)
+        self.train_data = LabelledFrames.from_cache(train_cache)
+        self.dev_data = LabelledFrames.from_cache(dev_cache)
+        self.train_data.check_compatible(self.dev_data, "dev cache")
+        self.frontend = train_cache.frontend
+        self.start = load_start(encoder_ckpt, self.frontend)
+        self.input_sha256 = _sha256_of(encoder_ckpt)
+        self.speakers = self.train_data.speaker_names
+        if len(self.speakers) < 2:
+            raise ConfigError(f"{cfg.SECTION}: the train cache has {len(self.speakers)} speaker(s); expected >= 2")
+        enc = self.start.encoder
+        patch = enc.cfg.patch_frames
+        self.sampler = CropSampler(self.train_data, cfg.crop_frames(self.train_data.frame_rate, patch), cfg.batch_size,
+                                   cfg.seed, CROP_STREAM, self.speakers, min_frames=patch * 2)
+        self.dev_set = dev_batches(self.dev_data, cfg.dev_max_utts, int(round(cfg.dev_max_s * self.dev_data.frame_rate)),
+                                   cfg.batch_size, min_frames=patch * 2)
+        torch.manual_seed(cfg.seed)  # head initialisation is a function of the seed
+        head = SpeakerHead(SpeakerConfig(d_model=enc.cfg.dim, emb_dim=cfg.emb_dim, pooling=cfg.pooling,
+                                         attention_dim=cfg.attention_dim))
+        arcface = ArcFaceLoss(cfg.emb_dim, len(self.speakers), cfg.arcface)
+        self.models.update({"encoder": enc, "speaker": head, "arcface": arcface})
+        self.trainable_heads = {"speaker", "arcface"}
+        self._finish_setup({"train": self.train_data.fingerprint(), "dev": self.dev_data.fingerprint()})
+
+    def compute_loss(self, step: int):
+        b = self.sampler.batch(step).to(self.device)
+        out = self.encoder(b.mels, b.lengths)
+        emb = self.models["speaker"](out.features, out.mask)
+        arc = self.models["arcface"](emb, b.speakers, step=step)
+        guard = self.guard_loss(out.features, b.mels, b.lengths, out.mask)
+        acc = (arc.cosine.argmax(dim=1) == b.speakers).float().mean()
+        return arc.loss + guard, {"arcface": arc.loss.detach(), "guard": guard.detach(), "train_acc": acc.detach()}
+
+    def evaluate(self) -> dict[str, float]:
+        return speaker_dev_metrics(self.encoder, self.models["speaker"], self.dev_set, self.device, self.amp)
+
+    def selection(self) -> tuple[str, bool]:
+        return ("speaker_eer", False) if self.cfg.select == "eer" else ("speaker_knn_acc", True)
+
+    def bundle(self, dev_metrics: dict[str, float]) -> EchoModel:
+        s = self.start
+        return EchoModel(self.encoder, self.frontend, "speaker", speaker=self.models["speaker"],
+                         arcface=self.models["arcface"], ctc=s.ctc, vq_ctc=s.vq_ctc, router=s.router,
+                         meta={**self.stage_meta(dev_metrics), "train_speakers": self.speakers})
+
+
+def train_speaker_stage(cfg: SpeakerStageConfig, encoder_ckpt: str | Path, train_cache, dev_cache,
+                        out_dir: str | Path, log_metrics: MetricsLogger | None = None, device: str = "cpu") -> Path:
+    """Stage 1: specialise the encoder for speaker identity; resume from ``out_dir`` if killed.
+
+    Args:
+        cfg: stage settings.
+        encoder_ckpt: the pretrained encoder (``encoder.pt`` from pretraining) or a bundle directory.
+        train_cache: :class:`echo.features.FeatureCache` of the train split (labels = its speakers).
+        dev_cache: the dev split's cache (model selection only).
+        out_dir: stage directory (``bundle/``, ``checkpoints/``, ``curves.parquet``, ``dev.parquet``,
+            ``summary.json``).
+        log_metrics: ``log_metrics(metrics, step)`` callback (train losses and ``dev_*`` metrics).
+        device: ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        The bundle directory (encoder + speaker head + ArcFace centres) of the selected step.
+    """
+    return SpeakerStage(cfg, encoder_ckpt, train_cache, dev_cache, out_dir, log_metrics, device).run()

@@ -1,0 +1,1 @@
+"""Training: JEPA pretraining loop, schedules, checkpoints, data-parallel setup, crop loader."""

@@ -11,6 +11,8 @@ include: "workflow/rules/corpus.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/simulation.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/stages.smk"
+include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -14,6 +14,8 @@ __all__ = ["Node", "SPLITS", "nodes", "node", "STAGES"]
 
 SPLITS = ("train", "dev", "test")
 SIMULATED = {"conversations": ("dev", "test"), "mixtures": ("train", "dev", "test")}
+STAGE_HEADS = {"speaker": ("speaker", "pooling", "arcface"), "phonetic": ("ctc", "vq"),
+               "routing": ("router", "pit")}
 STAGES = ("corpus", "features", "simulation", "pretrain", "probe", "report")
 
 
@@ -85,10 +87,50 @@ def nodes() -> list[Node]:
                    "echo/train/loader.py", "echo/train/schedules.py", "echo/train/checkpoint.py",
                    "echo/train/collapse.py", "echo/train/distributed.py"),
         gpu=1, threads=2, dirs=frozenset({"models/pretrain"})))
+    stage_code = ("echo/stages/common.py", "echo/stages/batches.py", "echo/models/bundle.py", "echo/heads/guard.py")
+    prev = "models/pretrain"
+    for st, heads in STAGE_HEADS.items():
+        extra = (("data/sim/mixtures/train", "data/sim/mixtures/dev", "models/pretrain") if st == "routing" else ())
+        out.append(Node(
+            f"stage_{st}", "stages", "stage", deps=(prev, "data/features/train", "data/features/dev") + extra,
+            outs=(f"models/stages/{st}",), params=(f"stages.{st}",),
+            code=_code(f"echo/stages/{st}.py", *stage_code, *(f"echo/heads/{h}.py" for h in heads)),
+            wildcards=(("stage", st),), gpu=1, threads=2, dirs=frozenset({f"models/stages/{st}"})))
+        prev = f"models/stages/{st}"
+    eval_code = ("echo/evaluate/__init__.py", "echo/metrics/probe.py", "echo/metrics/verification.py",
+                 "echo/metrics/asr.py", "echo/metrics/bootstrap.py")
+    for st in ("pretrain",) + tuple(STAGE_HEADS):
+        model = "models/pretrain" if st == "pretrain" else f"models/stages/{st}"
+        out.append(Node(
+            f"abilities_{st}", "evaluation", "abilities", deps=(model, "data/features/test", "data/corpus"),
+            outs=("results/figures/latent_map.png",) if st == "routing" else (), params=("evaluation.abilities",), code=_code("echo/evaluate/abilities.py", "echo/evaluate/figures.py", *eval_code),
+            wildcards=(("stage", st),), metrics=(f"results/abilities/{st}.json",), threads=2))
+    diar_code = ("echo/evaluate/diarize.py", "echo/diarization/plda.py", "echo/diarization/ahc.py",
+                 "echo/diarization/vbx.py", "echo/diarization/segments.py", "echo/metrics/der.py")
+    out.append(Node(
+        "backend", "evaluation", "backend",
+        deps=("models/stages/routing", "data/features/train", "data/sim/conversations/dev"),
+        outs=("models/echo",), params=("evaluation.diarizer", "evaluation.backend", "evaluation.tune"),
+        code=_code(*diar_code), metrics=("results/diarization_tuning.json",), threads=2,
+        dirs=frozenset({"models/echo"})))
+    out.append(Node(
+        "diarization", "evaluation", "diarization", deps=("models/echo", "data/sim/conversations/test"),
+        outs=("results/rttm/test_blind.rttm", "results/figures/der_by_k.png", "results/figures/timeline.png"),
+        params=("evaluation.bootstrap",), code=_code(*diar_code, "echo/evaluate/figures.py", "echo/cli.py"),
+        metrics=("results/diarization.json",), threads=2))
+    out.append(Node(
+        "separation", "evaluation", "separation",
+        deps=("models/stages/routing", "models/stages/phonetic", "data/sim/mixtures/test"),
+        outs=(), params=("evaluation.separation",),
+        code=_code("echo/evaluate/separation.py", "echo/metrics/separation.py", "echo/heads/router.py"),
+        metrics=("results/separation.json",), threads=2))
     out.append(Node(
         "tables", "report", "tables",
-        deps=("results/corpus_stats.json", "models/pretrain") + tuple(f"data/features/{s}" for s in SPLITS)
-        + tuple(f"results/simulation/{k}_{s}.json" for k, ss in SIMULATED.items() for s in ss),
+        deps=("results/corpus_stats.json", "results/diarization_tuning.json", "results/diarization.json",
+              "results/separation.json")
+        + tuple(f"results/abilities/{st}.json" for st in ("pretrain",) + tuple(STAGE_HEADS))
+        + tuple(f"results/simulation/{k}_{s}.json" for k, ss in SIMULATED.items() for s in ss)
+        + ("models/pretrain",) + tuple(f"models/stages/{st}" for st in STAGE_HEADS),
         outs=("results/tables.md",), params=("profile",), code=_code("echo/pipeline/report.py"),
         metrics=("results/metrics.json",)))
     return out

@@ -81,10 +81,64 @@ def simulation_section(sim: dict[str, dict]) -> str:
                                "reverb"], rows), "", f"Overlap and K distributions: {figs}", ""])
 
 
+ABLATION_ROWS = {"pretrain": "after pretraining", "speaker": "+speaker", "phonetic": "+phonetic",
+                 "routing": "+routing"}
+
+
+def evaluation_sections(results: Path) -> tuple[list[str], dict]:
+    """Main table, by-K tables, confusions, stage ablation and dev tuning, from the evaluation JSONs."""
+    from echo.evaluate import sections as sec
+
+    diar = _load(results / "diarization.json")
+    sep = _load(results / "separation.json")
+    abil = {st: _load(results / "abilities" / f"{st}.json") for st in ABLATION_ROWS}
+    final = abil.get("routing")
+    parts = [sec.main_table(diar["blind"], sep, final),
+             "Figures: [DER by K](figures/der_by_k.png), [reference vs hypothesis timeline](figures/timeline.png), "
+             "[shared latent by speaker and by phone](figures/latent_map.png), "
+             "[training curves](figures/training_curves.png).\n",
+             sec.diarization_by_k_table(diar["blind"], "Blind diarization by number of speakers (K never given)"),
+             sec.diarization_by_k_table(diar["oracle"], "Oracle-K diarization by number of speakers"),
+             sec.confusion_table(diar["blind"], "count", "Speaker-count confusion, test conversations (rows: true K)"),
+             sec.separation_by_k_table(sep),
+             sec.confusion_table(sep, "count", "Speaker-count confusion, test mixtures (rows: true K)")]
+    rows = {ABLATION_ROWS[k]: v for k, v in abil.items() if v is not None}
+    parts.append(sec.ablation_table(rows))
+    tuning = _load(results / "diarization_tuning.json")
+    if tuning:
+        parts.append(sec.tuning_table(tuning["grid"]))
+    metrics = {
+        "der_blind": diar["blind"]["primary"]["der"], "der_blind_secondary": diar["blind"]["secondary"]["der"],
+        "der_oracle": diar["oracle"]["primary"]["der"], "jer_blind": diar["blind"]["primary"]["jer"],
+        "count_accuracy_conversations": diar["blind"]["count"]["accuracy"],
+        "diarization_rtf": diar["blind"]["real_time_factor"],
+        "count_accuracy_mixtures": sep["count_accuracy"], "pit_accuracy": sep["pit_accuracy"],
+        "latent_si_sdr": sep["si_sdr"], "latent_si_sdri": sep["si_sdri"],
+        "der_blind_by_k": {str(k): v["der"] for k, v in diar["blind"]["primary"].get("by_k", {}).items()},
+        "abilities": {st: {k: v for k, v in (a or {}).items() if isinstance(v, (int, float))}
+                      for st, a in abil.items()},
+    }
+    return parts, metrics
+
+
+def training_curves_figure(path: Path) -> None:
+    from echo.evaluate.figures import plot_training_curves
+
+    curves = {"pretrain (JEPA)": Path("models/pretrain/curves.parquet")}
+    curves.update({f"stage {st}": Path(f"models/stages/{st}/curves.parquet") for st in ("speaker", "phonetic", "routing")})
+    curves = {k: v for k, v in curves.items() if v.exists()}
+    if curves:
+        plot_training_curves(curves, path)
+
+
 def render(raw: dict, results: Path = Path("results"), timings: Path = Path("logs/timings")) -> tuple[str, dict]:
-    """Return (markdown, flat metrics dict) from the results directory."""
+    """Return (markdown, metrics dict for dvc/MLflow) from the results directory."""
     parts = [header_section(raw, timings)]
     metrics: dict = {}
+    if (results / "diarization.json").exists():
+        ev, m = evaluation_sections(results)
+        parts += ev
+        metrics.update(m)
     corpus = _load(results / "corpus_stats.json")
     if corpus:
         parts.append(corpus_section(corpus))

@@ -6,6 +6,8 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from echo.config import load_section
 from echo.io import write_json
 
@@ -66,8 +68,9 @@ def features(node, raw, run):
 def tables(node, raw, run):
     """results/tables.md (what this run produced, with commit and params) and results/metrics.json."""
     from echo.io import write_text
-    from echo.pipeline.report import render
+    from echo.pipeline.report import render, training_curves_figure
 
+    training_curves_figure(Path("results/figures/training_curves.png"))
     md, metrics = render(raw)
     write_text(node.outs[0], md)
     write_json(node.metrics[0], metrics)
@@ -171,3 +174,169 @@ def pretrain_body(node, raw, run):
     with atomic_dir(node.outs[0]) as tmp:
         shutil.copyfile(ckpt, tmp / "encoder.pt")
         shutil.copyfile(work / "curves.parquet", tmp / "curves.parquet")
+
+
+def _copy_outputs(src: Path, dst: str, names: tuple[str, ...]) -> None:
+    """Copy a finished run's deliverables from its work dir into the node's output, atomically."""
+    import shutil
+
+    from echo.io import atomic_dir
+
+    with atomic_dir(dst) as tmp:
+        for name in names:
+            p = src / name
+            if p.is_dir():
+                shutil.copytree(p, tmp / name)
+            elif p.exists():
+                shutil.copyfile(p, tmp / name)
+
+
+STAGE_OUTPUTS = ("bundle", "curves.parquet", "dev.parquet", "summary.json")
+
+
+def stage(node, raw, run):
+    """One specialisation stage on the shared encoder (speaker, phonetic or routing)."""
+    from echo.features import FeatureCache
+
+    name = dict(node.wildcards)["stage"]
+    cfg = load_section(raw, f"stages.{name}")
+    fe = load_section(raw, "features")
+    train = FeatureCache("data/features/train", expected=fe)
+    dev = FeatureCache("data/features/dev", expected=fe)
+    work = _work_dir(node.name, raw, node.params, node.deps)
+    logger = (lambda m, step: run.log_metrics(m, step)) if run else None
+    if name == "speaker":
+        from echo.stages.speaker import train_speaker_stage
+
+        train_speaker_stage(cfg, Path("models/pretrain/encoder.pt"), train, dev, work, logger, _device())
+    elif name == "phonetic":
+        from echo.stages.phonetic import train_phonetic_stage
+
+        train_phonetic_stage(cfg, Path("models/stages/speaker/bundle"), train, dev, work, logger, _device())
+    else:
+        from echo.stages.routing import train_routing_stage
+
+        train_routing_stage(cfg, Path("models/stages/phonetic/bundle"), Path("data/sim/mixtures/train"),
+                            Path("data/sim/mixtures/dev"), train, work, logger, _device(),
+                            pretrained_encoder=Path("models/pretrain/encoder.pt"), dev_cache=dev)
+    _copy_outputs(work, node.outs[0], STAGE_OUTPUTS)
+    summary = json.loads((work / "summary.json").read_text())
+    return {"artifacts": {"summary": work / "summary.json"}} if summary else {}
+
+
+def _load_model(path: Path):
+    """A stage's model: its bundle, or the pretrained encoder (the ablation's first row)."""
+    if (path / "encoder.pt").exists():
+        path = path / "encoder.pt"
+    elif (path / "bundle").is_dir():
+        path = path / "bundle"
+    if path.suffix == ".pt":
+        from echo.models.vit import Encoder
+
+        return Encoder.load(path)
+    from echo.models.bundle import EchoModel
+
+    return EchoModel.load(path)
+
+
+def abilities(node, raw, run):
+    """Speaker / phonetic / factorisation abilities of one stage's model on TEST speakers (ablation row)."""
+    from echo.corpus import manifest as mf
+    from echo.evaluate.abilities import measure_abilities
+    from echo.features import FeatureCache
+
+    model = _load_model(Path(node.deps[0]))
+    test = FeatureCache(node.deps[1], expected=load_section(raw, "features"))
+    man = mf.read(Path(node.deps[2]) / "manifest.parquet", split="test")
+    refs = {u: p for u, p in zip(man["utt_id"], man["phonemes"]) if p}
+    cfg = load_section(raw, "evaluation.abilities")
+    out = measure_abilities(model, test, cfg, references=refs or None)
+    out["stage"] = dict(node.wildcards)["stage"]
+    write_json(node.metrics[0], out)
+    if node.outs:  # the final model: a 2-D map of its shared latent, by speaker and by phone
+        from echo.evaluate.abilities import extract_views
+        from echo.evaluate.figures import plot_latent_map
+
+        v = extract_views(model, test, cfg)
+        phones = [test.inventory[int(i)] if isinstance(i, (int, np.integer)) else str(i) for i in v.frame_phones]
+        plot_latent_map(v.latent_frames, [str(x) for x in v.frame_speakers], phones, node.outs[0],
+                        title="shared latent of the final encoder (test speakers)")
+    if run:
+        run.log_metrics(_flat_numbers(out))
+
+
+def backend(node, raw, run):
+    """The deployable model: final bundle + PLDA fitted on TRAIN speakers + diarizer tuned on DEV."""
+    import dataclasses
+    import shutil
+
+    from echo.evaluate.diarize import Diarizer, fit_backend, tune_on_dev
+    from echo.features import FeatureCache
+    from echo.io import atomic_dir
+    from echo.models.bundle import EchoModel
+    from echo.simulate.conversations import ConversationSet
+
+    model = EchoModel.load(Path(node.deps[0]) / "bundle")
+    dcfg = load_section(raw, "evaluation.diarizer")
+    train = FeatureCache(node.deps[1], expected=load_section(raw, "features"))
+    plda = fit_backend(model, train, windows=dcfg.windows, config=load_section(raw, "evaluation.backend"),
+                       speech=dcfg.speech)
+    best, rows = tune_on_dev(Diarizer(model, plda, dcfg), ConversationSet(node.deps[2]),
+                             load_section(raw, "evaluation.tune"))
+    with atomic_dir(node.outs[0]) as tmp:
+        shutil.copytree(Path(node.deps[0]) / "bundle", tmp, dirs_exist_ok=True)
+        plda.save(tmp / "plda.npz")
+        write_json(tmp / "diarizer.json", dataclasses.asdict(best))
+    write_json(node.metrics[0], {"grid": rows, "selected": dataclasses.asdict(best)})
+    if run:
+        run.log_metrics({"dev_der_best": min(r["der"] for r in rows)} if rows and "der" in rows[0] else {})
+
+
+def _diarizer(model_dir: Path):
+    from echo.cli import diarizer_config, load_plda
+    from echo.evaluate.diarize import Diarizer
+    from echo.models.bundle import EchoModel
+
+    model = EchoModel.load(model_dir)
+    return Diarizer(model, load_plda(model_dir), diarizer_config(model_dir),
+                    frontend=model.frontend)
+
+
+def diarization(node, raw, run):
+    """Blind diarization of the TEST conversations (K never given): DER/JER by K with CIs, RTTMs, figures."""
+    from echo.evaluate.diarize import evaluate_diarization
+    from echo.evaluate.figures import plot_der_by_k, plot_timeline
+    from echo.metrics.der import write_rttm
+    from echo.simulate.conversations import ConversationSet
+
+    diarizer = _diarizer(Path(node.deps[0]))
+    convs = ConversationSet(node.deps[1])
+    boot = load_section(raw, "evaluation.bootstrap")
+    summary, hyps = evaluate_diarization(diarizer, convs, oracle=False, bootstrap=boot)
+    oracle, _ = evaluate_diarization(diarizer, convs, oracle=True, bootstrap=boot)
+    write_rttm(node.outs[0], hyps)
+    write_json(node.metrics[0], {"blind": summary, "oracle": oracle})
+    plot_der_by_k(summary, node.outs[1])
+    # the timeline of the test conversation with the most speakers
+    item = max((convs[i] for i in range(len(convs))), key=lambda it: (it.k, it.rec_id))
+    plot_timeline(item.annotation, hyps[item.rec_id], node.outs[2], uem=item.uem,
+                  title=f"{item.rec_id} (K={item.k}): reference vs blind hypothesis")
+    if run:
+        run.log_metrics(_flat_numbers({"blind": summary, "oracle": oracle}))
+
+
+def separation(node, raw, run):
+    """Routing of the TEST mixtures: count accuracy, PIT accuracy, latent SI-SDR(i), by K."""
+    from echo.evaluate.separation import evaluate_routing
+    from echo.models.bundle import EchoModel
+    from echo.simulate.mixtures import MixtureSet
+
+    model = EchoModel.load(Path(node.deps[0]) / "bundle")
+    target_src = model.meta.get("routing_target", "stage2") if hasattr(model, "meta") else "stage2"
+    target = (_load_model(Path("models/pretrain/encoder.pt")) if target_src == "pretrain"
+              else EchoModel.load(Path(node.deps[1]) / "bundle").encoder)
+    out = evaluate_routing(model, MixtureSet(node.deps[2]), target_encoder=target,
+                           config=load_section(raw, "evaluation.separation"))
+    write_json(node.metrics[0], out)
+    if run:
+        run.log_metrics(_flat_numbers(out))

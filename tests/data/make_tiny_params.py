@@ -21,6 +21,19 @@ TINY = {
     "encoder": dict(depth=2, mlp_dim=512),
     "pretrain": dict(steps=12, batch_size=8, crop_frames=100, warmup_steps=4, checkpoint_every=6, log_every=4),
     "pretrain.predictor": dict(depth=1, mlp_dim=256),
+    "stages.speaker": dict(steps=6, batch_size=4, warmup_steps=2, eval_every=3, checkpoint_every=3, log_every=2,
+                           dev_max_utts=8),
+    "stages.phonetic": dict(steps=6, batch_size=4, warmup_steps=2, eval_every=3, checkpoint_every=3, log_every=2,
+                            dev_max_utts=8),
+    "stages.routing": dict(steps=6, batch_size=4, clean_batch_size=2, warmup_steps=2, eval_every=3,
+                           checkpoint_every=3, log_every=2, dev_max_utts=8),
+    "evaluation.abilities": dict(max_utts_per_speaker=4),
+    "evaluation.abilities.trials": dict(n_target=100, n_nontarget=100),
+    "evaluation.abilities.bootstrap": dict(n_boot=100),
+    "evaluation.backend": dict(max_utts_per_speaker=4),
+    "evaluation.tune": dict(Fa=[0.3], Fb=[5.0, 17.0], loopP=[0.99], ahc_threshold=[0.3]),
+    "evaluation.separation.bootstrap": dict(n_boot=100),
+    "evaluation.bootstrap": dict(n_boot=100),
 }
 
 

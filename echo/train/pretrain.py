@@ -321,6 +321,9 @@ class JEPATrainer:
         self.curves.append(rec)
         if self.ctx.is_main and self.log_metrics is not None:
             self.log_metrics({k: v for k, v in rec.items() if k != "step"}, step)
+        if self.ctx.is_main:  # the node's log shows progress even where tqdm is off (no TTY)
+            log.info("step %d/%d loss %.4f feat_std %.3f eff_rank %.1f lr %.2e %.0f tokens/s", step, self.cfg.steps,
+                     loss_v, std, rank, rec.get("lr", float("nan")), tokens_per_s)
         if not math.isfinite(loss_v):
             self._write_curves()
             raise EchoError(f"pretrain: loss is {loss_v} at step {step}; lower pretrain.lr or check the features")

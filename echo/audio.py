@@ -6,7 +6,6 @@ Everything is returned as mono float32 at the requested rate (torchaudio's windo
 """
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
@@ -21,6 +20,8 @@ _SOUNDFILE_EXT = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif"}
 
 
 def _check_path(path: Path) -> None:
+    """Raise a one-line AudioError for a missing path, a directory or an empty file (also used by
+    :func:`echo.inference.probe`)."""
     if not path.exists():
         raise AudioError(f"{path}: no such file")
     if path.is_dir():
@@ -34,12 +35,7 @@ def info(path: str | os.PathLike) -> tuple[int, int]:
     path = Path(path)
     _check_path(path)
     if path.suffix.lower() in _SOUNDFILE_EXT:
-        import soundfile as sf
-
-        try:
-            i = sf.info(str(path))
-        except Exception as e:  # libsndfile's messages are long; keep one line
-            raise AudioError(f"{path}: not a readable audio file ({_first_line(e)})") from None
+        i = _soundfile_info(path)
         return int(i.samplerate), int(i.frames)
     x, sr = _decode_ffmpeg(path)
     return sr, x.shape[-1]
@@ -116,14 +112,32 @@ def write_flac(path: str | os.PathLike, x: np.ndarray, sample_rate: int = SAMPLE
         sf.write(str(tmp), np.clip(x, -1.0, 1.0), sample_rate, subtype="PCM_16", format="FLAC")
 
 
-def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+def _soundfile_info(path: Path):
+    """libsndfile's header info of ``path`` (``soundfile.info``), or a one-line AudioError."""
+    import soundfile as sf
+
+    try:
+        return sf.info(str(path))
+    except Exception as e:  # libsndfile's messages are long; keep one line
+        raise AudioError(f"{path}: not a readable audio file ({_first_line(e)})") from None
+
+
+def _ffmpeg_decoder(path: Path, **kw):
+    """A torchcodec ``AudioDecoder`` of ``path`` (keywords go to it), or a one-line AudioError."""
     try:
         from torchcodec.decoders import AudioDecoder
     except Exception as e:  # FFmpeg shared libraries missing
         raise AudioError(f"{path}: decoding {path.suffix or 'this file'} needs FFmpeg via torchcodec, "
                          f"which failed to load ({_first_line(e)}); run workflow/install.sh") from None
     try:
-        dec = AudioDecoder(str(path))
+        return AudioDecoder(str(path), **kw)
+    except Exception as e:
+        raise AudioError(f"{path}: not a decodable audio file ({_first_line(e)})") from None
+
+
+def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+    dec = _ffmpeg_decoder(path)
+    try:
         samples = dec.get_all_samples()
     except Exception as e:
         raise AudioError(f"{path}: not a decodable audio file ({_first_line(e)})") from None

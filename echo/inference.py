@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from echo.audio import SAMPLE_RATE, _SOUNDFILE_EXT, _first_line, resample
+from echo.audio import SAMPLE_RATE, _SOUNDFILE_EXT, _check_path, _ffmpeg_decoder, _first_line, _soundfile_info, resample
 from echo.errors import AudioError, ConfigError
 
 __all__ = ["InferenceConfig", "AudioSource", "probe", "stream", "read_all", "is_silent",
@@ -112,19 +112,9 @@ def probe(path: str | os.PathLike) -> AudioSource:
             or a header announcing no samples.
     """
     path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: no such file")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a directory, expected an audio file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: empty file (0 bytes)")
+    _check_path(path)
     if path.suffix.lower() in _SOUNDFILE_EXT:
-        import soundfile as sf
-
-        try:
-            i = sf.info(str(path))
-        except Exception as e:  # libsndfile's messages are long; keep one line
-            raise AudioError(f"{path}: not a readable audio file ({_first_line(e)})") from None
+        i = _soundfile_info(path)
         _check_riff_data(path)
         src = AudioSource(path, "soundfile", int(i.samplerate), int(i.channels), i.frames / i.samplerate)
     else:
@@ -159,18 +149,6 @@ def _check_riff_data(path: Path) -> None:
                                      f"the file holds {have} ({100 * have / clen:.0f}%)")
                 return
             pos += 8 + clen + (clen & 1)  # chunks are word-aligned
-
-
-def _ffmpeg_decoder(path: Path, **kw):
-    try:
-        from torchcodec.decoders import AudioDecoder
-    except Exception as e:  # FFmpeg shared libraries missing
-        raise AudioError(f"{path}: decoding {path.suffix or 'this file'} needs FFmpeg via torchcodec, "
-                         f"which failed to load ({_first_line(e)}); run workflow/install.sh") from None
-    try:
-        return AudioDecoder(str(path), **kw)
-    except Exception as e:
-        raise AudioError(f"{path}: not a decodable audio file ({_first_line(e)})") from None
 
 
 def stream(src: AudioSource, block_seconds: float = 60.0) -> Iterator[np.ndarray]:

@@ -4,6 +4,7 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile as sf
+from bad_audio import write_bad_input
 
 from echo import audio
 from echo.errors import AudioError
@@ -50,16 +51,12 @@ def test_m4a_through_ffmpeg(tmp_path):
 @pytest.mark.parametrize("case", ["missing", "empty", "directory", "text", "nan"])
 def test_bad_input_one_line(tmp_path, case):
     p = tmp_path / "x.wav"
-    if case == "empty":
-        p.write_bytes(b"")
-    elif case == "directory":
-        p.mkdir()
-    elif case == "text":
-        p.write_text("this is not audio\n" * 10)
-    elif case == "nan":
+    if case == "nan":
         x = _tone(16000)
         x[100] = np.nan
         sf.write(p, x, 16000, subtype="FLOAT")
+    else:
+        write_bad_input(p, case)
     with pytest.raises(AudioError) as e:
         audio.load(p)
     msg = str(e.value)

@@ -4,6 +4,7 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile as sf
+from bad_audio import write_bad_input
 
 from echo import audio
 from echo.errors import AudioError, ConfigError
@@ -80,13 +81,7 @@ def test_truncated_flac_fails_while_streaming(tmp_path):
     ("missing", "no such file"), ("empty", "empty file"), ("directory", "is a directory"),
     ("text", "not a readable audio file")])
 def test_probe_rejects_bad_paths(tmp_path, case, message):
-    p = tmp_path / "x.wav"
-    if case == "empty":
-        p.write_bytes(b"")
-    elif case == "directory":
-        p.mkdir()
-    elif case == "text":
-        p.write_text("not audio\n" * 20)
+    p = write_bad_input(tmp_path / "x.wav", case)
     with pytest.raises(AudioError, match=message) as e:
         probe(p)
     assert "\n" not in str(e.value) and str(p) in str(e.value)

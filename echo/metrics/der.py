@@ -13,7 +13,8 @@ Definitions (docs/anchors.md):
   speaker (1 if unmapped); the overall value averages over all reference speakers of all
   recordings (pyannote's accumulation).
 
-Also a small RTTM / UEM reader and writer (pyannote.database is not a dependency).
+Also the project's RTTM / UEM reader and writer (pyannote.database is not a dependency);
+:mod:`echo.simulate.rttm` re-exports the readers for the simulated references.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from echo.io import write_text
 
 __all__ = [
     "DERConfig", "score_diarization", "read_rttm", "write_rttm", "format_rttm", "read_uem",
-    "write_uem", "PRIMARY", "SECONDARY",
+    "write_uem", "format_uem", "PRIMARY", "SECONDARY",
 ]
 
 log = logging.getLogger(__name__)
@@ -217,11 +218,16 @@ def read_uem(path: str | os.PathLike) -> dict[str, Timeline]:
     return {uri: Timeline(segs, uri=uri) for uri, segs in out.items()}
 
 
-def write_uem(path: str | os.PathLike, uems: Mapping[str, Timeline | Segment]) -> None:
-    """Write scored regions as a UEM file, atomically."""
+def format_uem(uems: Mapping[str, Timeline | Segment]) -> str:
+    """UEM text (``uri 1 start end`` per scored region), sorted by uri (times rounded to milliseconds)."""
     lines = []
     for uri in sorted(uems):
         t = uems[uri]
         for s in ([t] if isinstance(t, Segment) else t):
             lines.append(f"{uri} 1 {s.start:.3f} {s.end:.3f}\n")
-    write_text(path, "".join(lines))
+    return "".join(lines)
+
+
+def write_uem(path: str | os.PathLike, uems: Mapping[str, Timeline | Segment]) -> None:
+    """Write scored regions as a UEM file, atomically."""
+    write_text(path, format_uem(uems))

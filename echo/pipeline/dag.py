@@ -71,7 +71,7 @@ def nodes() -> list[Node]:
             dirs=frozenset({f"data/features/{s}"})))
     sim_code = _code("echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py",
                      "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py",
-                     "echo/simulate/rttm.py", "echo/simulate/sets.py")
+                     "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/metrics/der.py")
     for kind, splits in SIMULATED.items():
         for s in splits:
             out.append(Node(

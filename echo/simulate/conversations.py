@@ -27,22 +27,18 @@ Run (the lead's workflow does this per split)::
 from __future__ import annotations
 
 import logging
-import sys
-import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from echo.audio import SAMPLE_RATE
-from echo.errors import ConfigError, EchoError
-from echo.io import atomic_dir, read_json, write_json, write_parquet, write_text
-from echo.simulate.room import (RoomConfig, apply_rir, check_range, check_value, noise_at_snr, normalise_fields,
-                                room_config, simulate_rirs)
+from echo.errors import ConfigError
+from echo.io import write_text
+from echo.simulate.room import RoomConfig, apply_rir, check_range, check_value, noise_at_snr, simulate_rirs
 from echo.simulate.rttm import annotation_from_intervals, read_rttm, read_uem, rttm_text, uem_text
-from echo.simulate.shards import AUDIO_FORMATS, ShardWriter, read_shard
+from echo.simulate.shards import check_set_fields, generator, open_set, read_set, read_shard
 from echo.simulate.utterances import Utterance, UtterancePool
 
 __all__ = ["ConversationConfig", "Turn", "ConversationPlan", "plan_conversation", "render_conversation",
@@ -98,26 +94,13 @@ class ConversationConfig:
 
     def __post_init__(self):
         p = "simulate.conversations"
-        normalise_fields(self)
-        object.__setattr__(self, "room", room_config(self.room, p))
-        check_value(f"{p}.seed", self.seed, 0, 2**32 - 1, int)
-        check_value(f"{p}.k_max", self.k_max, 1, 20, int)
-        check_value(f"{p}.n_per_k", self.n_per_k, 0, 10**7, int)
+        check_set_fields(self, p, n_per_k_max=10**7)
         check_range(f"{p}.min_duration_s/max_duration_s", (self.min_duration_s, self.max_duration_s), 1.0, 3600.0)
         if not (isinstance(self.beta_s, (tuple, list)) and len(self.beta_s) >= 1
                 and all(isinstance(b, (int, float)) and 0 < b <= 60 for b in self.beta_s)):
             raise ConfigError(f"{p}.beta_s: expected a list of pause scales in (0, 60] s, one per K, got {self.beta_s!r}")
         check_value(f"{p}.overlap_ratio", self.overlap_ratio, 0.0, 0.6)
         check_value(f"{p}.overlap_prob", self.overlap_prob, 0.0, 1.0)
-        check_range(f"{p}.gain_db", self.gain_db, -40.0, 20.0)
-        if self.snr_db is not None:
-            check_range(f"{p}.snr_db", self.snr_db, -10.0, 80.0)
-        check_range(f"{p}.noise_exponent", self.noise_exponent, 0.0, 3.0)
-        check_value(f"{p}.reverb_prob", self.reverb_prob, 0.0, 1.0)
-        check_value(f"{p}.min_pause_s", self.min_pause_s, 0.0, 10.0)
-        check_value(f"{p}.shard_hours", self.shard_hours, 0.001, 100.0)
-        if self.audio_format not in AUDIO_FORMATS:
-            raise ConfigError(f"{p}.audio_format: expected one of {AUDIO_FORMATS}, got {self.audio_format!r}")
 
     def beta(self, k: int) -> float:
         return float(self.beta_s[min(k, len(self.beta_s)) - 1])
@@ -234,6 +217,50 @@ def plan_conversation(pool: UtterancePool, k: int, cfg: ConversationConfig, rng:
     return ConversationPlan(k, speakers, gains, tuple(turns), int(total), target)
 
 
+def reverberate(signals: list[np.ndarray], cfg, rng: np.random.Generator) -> tuple[list[np.ndarray], dict]:
+    """With probability ``cfg.reverb_prob``, put the signals (one per speaker) in one simulated room.
+
+    Args:
+        signals: one signal per speaker, aligned to the recording.
+        cfg: a :class:`ConversationConfig` or :class:`~echo.simulate.mixtures.MixtureConfig`.
+        rng: the recording's generator.
+
+    Returns:
+        ``(signals, info)``: the reverberant images (or the signals themselves) and the recording's
+        ``info`` (``reverb``, ``rt60``; ``snr_db`` and ``noise_exponent`` NaN until :func:`draw_noise`).
+    """
+    info = {"reverb": False, "rt60": float("nan"), "snr_db": float("nan"), "noise_exponent": float("nan")}
+    if rng.random() < cfg.reverb_prob:
+        rirs, room = simulate_rirs(len(signals), cfg.room, rng)
+        signals = [apply_rir(x, h) for x, h in zip(signals, rirs)]
+        info.update(reverb=True, rt60=room["rt60"])
+    return signals, info
+
+
+def draw_noise(speech: np.ndarray, intervals, cfg, rng: np.random.Generator, info: dict) -> np.ndarray | None:
+    """Noise at an SNR drawn from ``cfg.snr_db`` w.r.t. the power of ``speech`` where it is active.
+
+    Args:
+        speech: the recording's speech (sum of the speakers).
+        intervals: per-speaker ``[n, 2]`` speech intervals in samples (the active region).
+        cfg: a :class:`ConversationConfig` or :class:`~echo.simulate.mixtures.MixtureConfig`.
+        rng: the recording's generator.
+        info: the recording's info; ``snr_db`` and ``noise_exponent`` are recorded in it.
+
+    Returns:
+        The noise (same length as ``speech``), or None when ``cfg.snr_db`` is None.
+    """
+    if cfg.snr_db is None:
+        return None
+    active = np.zeros(speech.shape[0], bool)
+    for iv in intervals:
+        for a, b in iv:
+            active[a:b] = True
+    snr, expo = float(rng.uniform(*cfg.snr_db)), float(rng.uniform(*cfg.noise_exponent))
+    info.update(snr_db=snr, noise_exponent=expo)
+    return noise_at_snr(speech, active, snr, expo, rng)
+
+
 def render_conversation(pool: UtterancePool, plan: ConversationPlan, cfg: ConversationConfig,
                         rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """Mix the planned turns: gains, optional reverberation, optional noise, peak limit.
@@ -246,28 +273,15 @@ def render_conversation(pool: UtterancePool, plan: ConversationPlan, cfg: Conver
     for t in plan.turns:
         x = pool.audio(t.utt) * np.float32(10 ** (plan.gains_db[t.speaker] / 20))
         tracks[t.speaker][t.onset:t.onset + x.shape[0]] += x
-    info = {"reverb": False, "rt60": float("nan"), "snr_db": float("nan"), "noise_exponent": float("nan")}
-    if rng.random() < cfg.reverb_prob:
-        rirs, room = simulate_rirs(len(plan.speakers), cfg.room, rng)
-        tracks = {s: apply_rir(tracks[s], h) for s, h in zip(plan.speakers, rirs)}
-        info.update(reverb=True, rt60=room["rt60"])
-    audio = np.sum([tracks[s] for s in plan.speakers], axis=0).astype(np.float32)
-    if cfg.snr_db is not None:
-        active = np.zeros(n, bool)
-        for iv in plan.intervals().values():
-            for a, b in iv:
-                active[a:b] = True
-        snr, expo = float(rng.uniform(*cfg.snr_db)), float(rng.uniform(*cfg.noise_exponent))
-        audio = audio + noise_at_snr(audio, active, snr, expo, rng)
-        info.update(snr_db=snr, noise_exponent=expo)
+    signals, info = reverberate([tracks[s] for s in plan.speakers], cfg, rng)
+    audio = np.sum(signals, axis=0).astype(np.float32)
+    noise = draw_noise(audio, plan.intervals().values(), cfg, rng, info)
+    if noise is not None:
+        audio = audio + noise
     peak = float(np.max(np.abs(audio))) if n else 0.0
     if peak > PEAK:
         audio = audio * np.float32(PEAK / peak)
     return audio.astype(np.float32), info
-
-
-def _generator(seed: int, split: str, k: int, index: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(split.encode()), k, index]))
 
 
 def simulate_conversations(manifest_df: pd.DataFrame, cfg: ConversationConfig, out_dir: str | Path,
@@ -291,25 +305,18 @@ def simulate_conversations(manifest_df: pd.DataFrame, cfg: ConversationConfig, o
     Raises:
         EchoError: a table with several splits, or a K larger than the split's number of speakers.
     """
-    from echo.simulate.stats import conversation_stats, plot_stats
+    from echo.simulate.stats import conversation_stats
 
-    k_values = tuple(range(1, cfg.k_max + 1)) if k_values is None else tuple(int(k) for k in k_values)
-    n_per_k = cfg.n_per_k if n_per_k is None else int(n_per_k)
-    pool = UtterancePool(manifest_df, int(round(cfg.min_pause_s * SAMPLE_RATE)))
-    if not k_values or min(k_values) < 1 or max(k_values) > len(pool.speakers):
-        raise EchoError(f"simulate conversations ({pool.split}): K values {list(k_values)} need 1 <= K <= "
-                        f"{len(pool.speakers)} (the split's number of speakers)")
     out_dir = Path(out_dir)
     rows, turn_rows, annotations, durations = [], [], [], {}
-    with atomic_dir(out_dir) as tmp:
-        shards = ShardWriter(tmp, int(cfg.shard_hours * 3600 * SAMPLE_RATE), cfg.audio_format)
-        jobs = [(k, i) for k in k_values for i in range(n_per_k)]
-        for k, i in tqdm(jobs, desc=f"conversations {pool.split}", disable=not sys.stderr.isatty()):
-            rng = _generator(cfg.seed, pool.split, k, i)
+    with open_set("conversations", manifest_df, cfg, out_dir, k_values, n_per_k) as run:
+        pool = run.pool
+        for k, i in run.jobs():
+            rng = generator(cfg.seed, pool.split, k, i)
             plan = plan_conversation(pool, k, cfg, rng)
             audio, info = render_conversation(pool, plan, cfg, rng)
             rec_id = f"{pool.split}_conv_k{k}_{i:06d}"
-            shard, offset = shards.add(audio)
+            shard, offset = run.shards.add(audio)
             intervals = plan.intervals()
             ratio, over, speech = overlap_ratio(intervals, plan.num_samples)
             annotations.append(annotation_from_intervals(rec_id, intervals))
@@ -323,16 +330,10 @@ def simulate_conversations(manifest_df: pd.DataFrame, cfg: ConversationConfig, o
                 turn_rows.append({"rec_id": rec_id, "turn": j, "speaker": t.speaker, "utt_id": t.utt.utt_id,
                                   "onset": t.onset, "num_samples": t.utt.num_samples,
                                   "gain_db": plan.gains_db[t.speaker], "overlap_prev": t.overlap})
-        shards.close()
-        table = pd.DataFrame(rows, columns=_RECORDING_COLUMNS)
-        write_parquet(table, tmp / "recordings.parquet")
-        write_parquet(pd.DataFrame(turn_rows, columns=_TURN_COLUMNS), tmp / "turns.parquet")
-        write_text(tmp / "reference.rttm", rttm_text(annotations))
-        write_text(tmp / "reference.uem", uem_text(durations))
-        write_json(tmp / "stats.json", conversation_stats(table))
-        plot_stats(table, tmp / "stats.png", title=f"conversations ({pool.split})")
-        write_json(tmp / "config.json", {"config": asdict(cfg), "k_values": list(k_values), "n_per_k": n_per_k,
-                                         "split": pool.split})
+        run.finish({"recordings": pd.DataFrame(rows, columns=_RECORDING_COLUMNS),
+                    "turns": pd.DataFrame(turn_rows, columns=_TURN_COLUMNS)}, conversation_stats)
+        write_text(run.tmp / "reference.rttm", rttm_text(annotations))
+        write_text(run.tmp / "reference.uem", uem_text(durations))
     log.info("wrote %d conversations (%.2f h) to %s", len(rows), sum(durations.values()) / 3600, out_dir)
     return out_dir
 
@@ -361,14 +362,9 @@ class ConversationSet:
     """
 
     def __init__(self, out_dir: str | Path):
-        self.root = Path(out_dir)
-        path = self.root / "recordings.parquet"
-        if not path.exists():
-            raise EchoError(f"{path}: not found; expected the output directory of simulate_conversations")
-        self.table = pd.read_parquet(path)
+        self.root, self.table, self.config = read_set(out_dir, "recordings", "simulate_conversations")
         self.annotations = read_rttm(self.root / "reference.rttm")
         self.uems = read_uem(self.root / "reference.uem")
-        self.config = read_json(self.root / "config.json")
 
     def __len__(self) -> int:
         return len(self.table)

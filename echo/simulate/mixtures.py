@@ -20,22 +20,16 @@ Run (the lead's workflow does this per split)::
 from __future__ import annotations
 
 import logging
-import sys
-import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from echo.audio import SAMPLE_RATE
-from echo.errors import ConfigError, EchoError
-from echo.io import atomic_dir, read_json, write_json, write_parquet
-from echo.simulate.conversations import PEAK, overlap_ratio
-from echo.simulate.room import (RoomConfig, apply_rir, check_range, check_value, noise_at_snr, normalise_fields,
-                                room_config, simulate_rirs)
-from echo.simulate.shards import AUDIO_FORMATS, ShardWriter, read_shard
+from echo.simulate.conversations import PEAK, draw_noise, overlap_ratio, reverberate
+from echo.simulate.room import RoomConfig, check_value
+from echo.simulate.shards import check_set_fields, generator, open_set, read_set, read_shard
 from echo.simulate.utterances import UtterancePool
 
 __all__ = ["MixtureConfig", "Mixture", "make_mixture", "simulate_mixtures", "MixtureSet", "MixtureItem"]
@@ -82,23 +76,10 @@ class MixtureConfig:
 
     def __post_init__(self):
         p = "simulate.mixtures"
-        normalise_fields(self)
-        object.__setattr__(self, "room", room_config(self.room, p))
-        check_value(f"{p}.seed", self.seed, 0, 2**32 - 1, int)
-        check_value(f"{p}.k_max", self.k_max, 1, 20, int)
-        check_value(f"{p}.n_per_k", self.n_per_k, 0, 10**8, int)
+        check_set_fields(self, p, n_per_k_max=10**8)
         check_value(f"{p}.duration_s", self.duration_s, 0.25, 60.0)
         check_value(f"{p}.full_overlap_prob", self.full_overlap_prob, 0.0, 1.0)
         check_value(f"{p}.min_active_s", self.min_active_s, 0.0, self.duration_s)
-        check_range(f"{p}.gain_db", self.gain_db, -40.0, 20.0)
-        if self.snr_db is not None:
-            check_range(f"{p}.snr_db", self.snr_db, -10.0, 80.0)
-        check_range(f"{p}.noise_exponent", self.noise_exponent, 0.0, 3.0)
-        check_value(f"{p}.reverb_prob", self.reverb_prob, 0.0, 1.0)
-        check_value(f"{p}.min_pause_s", self.min_pause_s, 0.0, 10.0)
-        check_value(f"{p}.shard_hours", self.shard_hours, 0.001, 100.0)
-        if self.audio_format not in AUDIO_FORMATS:
-            raise ConfigError(f"{p}.audio_format: expected one of {AUDIO_FORMATS}, got {self.audio_format!r}")
 
 
 @dataclass(frozen=True)
@@ -174,21 +155,12 @@ def make_mixture(pool: UtterancePool, k: int, cfg: MixtureConfig, rng: np.random
         utts.append(utt.utt_id), onsets.append(onset), lengths.append(a), crops.append(crop), gains.append(g)
         phones.append(tuple(p for p, kp in zip(utt.phones, keep) if kp)), pstart.append(ps), pend.append(pe)
         ivs.append(np.stack([s0, s1], axis=1))
-    info = {"reverb": False, "rt60": float("nan"), "snr_db": float("nan"), "noise_exponent": float("nan")}
-    if rng.random() < cfg.reverb_prob:
-        rirs, room = simulate_rirs(k, cfg.room, rng)
-        sources = np.stack([apply_rir(s, h) for s, h in zip(sources, rirs)])
-        info.update(reverb=True, rt60=room["rt60"])
+    signals, info = reverberate(list(sources), cfg, rng)
+    sources = np.stack(signals)
     speech = sources.sum(axis=0)
-    noise = np.zeros(n, np.float32)
-    if cfg.snr_db is not None:
-        active = np.zeros(n, bool)
-        for iv in ivs:
-            for s, e in iv:
-                active[s:e] = True
-        snr, expo = float(rng.uniform(*cfg.snr_db)), float(rng.uniform(*cfg.noise_exponent))
-        noise = noise_at_snr(speech, active, snr, expo, rng)
-        info.update(snr_db=snr, noise_exponent=expo)
+    noise = draw_noise(speech, ivs, cfg, rng, info)
+    if noise is None:
+        noise = np.zeros(n, np.float32)
     # one factor for everything keeps mixture == sum(sources) + noise and no stored signal clips
     peak = max(float(np.max(np.abs(speech + noise))), float(np.max(np.abs(sources))))
     scale = np.float32(PEAK / peak) if peak > PEAK else np.float32(1.0)
@@ -199,9 +171,8 @@ def make_mixture(pool: UtterancePool, k: int, cfg: MixtureConfig, rng: np.random
                    tuple(pstart), tuple(pend), tuple(ivs), mode, info)
 
 
-def _generator(seed: int, split: str, k: int, index: int) -> np.random.Generator:
-    # a different stream from conversations (tag 1) so the two sets do not mirror each other
-    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(split.encode()), 1, k, index]))
+# a different stream from conversations (seeded by ``(seed, split, K, index)``) so the two sets do not mirror each other
+_STREAM = 1
 
 
 def simulate_mixtures(manifest_df: pd.DataFrame, cfg: MixtureConfig, out_dir: str | Path,
@@ -224,24 +195,17 @@ def simulate_mixtures(manifest_df: pd.DataFrame, cfg: MixtureConfig, out_dir: st
     Raises:
         EchoError: a table with several splits, or a K larger than the split's number of speakers.
     """
-    from echo.simulate.stats import mixture_stats, plot_stats
+    from echo.simulate.stats import mixture_stats
 
-    k_values = tuple(range(1, cfg.k_max + 1)) if k_values is None else tuple(int(k) for k in k_values)
-    n_per_k = cfg.n_per_k if n_per_k is None else int(n_per_k)
-    pool = UtterancePool(manifest_df, int(round(cfg.min_pause_s * SAMPLE_RATE)))
-    if not k_values or min(k_values) < 1 or max(k_values) > len(pool.speakers):
-        raise EchoError(f"simulate mixtures ({pool.split}): K values {list(k_values)} need 1 <= K <= "
-                        f"{len(pool.speakers)} (the split's number of speakers)")
     out_dir = Path(out_dir)
     rows, src_rows = [], []
-    with atomic_dir(out_dir) as tmp:
-        shards = ShardWriter(tmp, int(cfg.shard_hours * 3600 * SAMPLE_RATE), cfg.audio_format)
-        jobs = [(k, i) for k in k_values for i in range(n_per_k)]
-        for k, i in tqdm(jobs, desc=f"mixtures {pool.split}", disable=not sys.stderr.isatty()):
-            m = make_mixture(pool, k, cfg, _generator(cfg.seed, pool.split, k, i))
+    with open_set("mixtures", manifest_df, cfg, out_dir, k_values, n_per_k) as run:
+        pool = run.pool
+        for k, i in run.jobs():
+            m = make_mixture(pool, k, cfg, generator(cfg.seed, pool.split, _STREAM, k, i))
             mix_id = f"{pool.split}_mix_k{k}_{i:07d}"
             n = m.mixture.shape[0]
-            shard, offset = shards.add(m.mixture, *m.sources)
+            shard, offset = run.shards.add(m.mixture, *m.sources)
             ratio, over, speech = overlap_ratio(dict(enumerate(m.intervals)), n)
             rows.append({"mix_id": mix_id, "split": pool.split, "k": k, "speakers": list(m.speakers),
                          "utt_ids": list(m.utt_ids), "mode": m.mode, "shard": shard, "offset": offset,
@@ -253,14 +217,8 @@ def simulate_mixtures(manifest_df: pd.DataFrame, cfg: MixtureConfig, out_dir: st
                                  "length": m.lengths[j], "crop": m.crops[j], "gain_db": m.gains_db[j],
                                  "align_phone": list(m.phones[j]), "align_start": m.phone_start[j].tolist(),
                                  "align_end": m.phone_end[j].tolist()})
-        shards.close()
-        table = pd.DataFrame(rows, columns=_MIXTURE_COLUMNS)
-        write_parquet(table, tmp / "mixtures.parquet")
-        write_parquet(pd.DataFrame(src_rows, columns=_SOURCE_COLUMNS), tmp / "sources.parquet")
-        write_json(tmp / "stats.json", mixture_stats(table))
-        plot_stats(table, tmp / "stats.png", title=f"mixtures ({pool.split})")
-        write_json(tmp / "config.json", {"config": asdict(cfg), "k_values": list(k_values), "n_per_k": n_per_k,
-                                         "split": pool.split})
+        run.finish({"mixtures": pd.DataFrame(rows, columns=_MIXTURE_COLUMNS),
+                    "sources": pd.DataFrame(src_rows, columns=_SOURCE_COLUMNS)}, mixture_stats)
     log.info("wrote %d mixtures to %s", len(rows), out_dir)
     return out_dir
 
@@ -291,14 +249,9 @@ class MixtureSet:
     """
 
     def __init__(self, out_dir: str | Path):
-        self.root = Path(out_dir)
-        path = self.root / "mixtures.parquet"
-        if not path.exists():
-            raise EchoError(f"{path}: not found; expected the output directory of simulate_mixtures")
-        self.table = pd.read_parquet(path)
+        self.root, self.table, self.config = read_set(out_dir, "mixtures", "simulate_mixtures")
         self.sources = pd.read_parquet(self.root / "sources.parquet")
         self._by_mix = self.sources.groupby("mix_id", sort=False).indices
-        self.config = read_json(self.root / "config.json")
 
     def __len__(self) -> int:
         return len(self.table)

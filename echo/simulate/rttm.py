@@ -1,18 +1,16 @@
 """RTTM and UEM files for many recordings, built on pyannote.core.
 
-Writing goes through ``pyannote.core.Annotation.to_rttm``. Reading is a small parser written here
-because the maintained loaders (``pyannote.database.util.load_rttm``/``load_uem``) live in
-pyannote.database, which is not a dependency of the project.
+RTTM text goes through ``pyannote.core.Annotation.to_rttm`` (the line format of
+:func:`echo.metrics.der.format_rttm`, in the set's recording order). Reading, and the UEM line
+format, are the project's one implementation in :mod:`echo.metrics.der` (re-exported here).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from pyannote.core import Annotation, Segment, Timeline
+from pyannote.core import Annotation, Segment
 
 from echo.audio import SAMPLE_RATE
-from echo.errors import EchoError
+from echo.metrics.der import format_uem, read_rttm, read_uem
 
 __all__ = ["annotation_from_intervals", "rttm_text", "uem_text", "read_rttm", "read_uem"]
 
@@ -39,47 +37,8 @@ def rttm_text(annotations: list[Annotation]) -> str:
 
 
 def uem_text(durations: dict[str, float]) -> str:
-    """UEM lines ``<uri> 1 <start> <end>`` scoring each whole recording."""
-    return "".join(f"{uri} 1 0.000 {dur:.3f}\n" for uri, dur in durations.items())
-
-
-def read_rttm(path: str | Path) -> dict[str, Annotation]:
-    """Parse an RTTM file into one Annotation per file id (``SPEAKER`` lines only).
-
-    Raises:
-        EchoError: a line that is not a 10-field RTTM record with numeric onset and duration.
-    """
-    out: dict[str, Annotation] = {}
-    counts: dict[str, int] = {}
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        f = line.split()
-        if not f or f[0] != "SPEAKER":
-            continue
-        try:
-            if len(f) < 8:
-                raise ValueError
-            uri, onset, dur, label = f[1], float(f[3]), float(f[4]), f[7]
-        except ValueError:
-            raise EchoError(f"{path}:{n}: expected 'SPEAKER <uri> <chan> <onset> <dur> <NA> <NA> <speaker> <NA> <NA>', got {line!r}") from None
-        ann = out.setdefault(uri, Annotation(uri=uri))
-        counts[uri] = counts.get(uri, 0) + 1
-        ann[Segment(onset, round(onset + dur, 3)), counts[uri]] = label
-    return out
-
-
-def read_uem(path: str | Path) -> dict[str, Timeline]:
-    """Parse a UEM file (``<uri> <chan> <start> <end>``) into one Timeline per file id."""
-    out: dict[str, Timeline] = {}
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        f = line.split()
-        if not f:
-            continue
-        try:
-            uri, start, end = f[0], float(f[2]), float(f[3])
-        except (ValueError, IndexError):
-            raise EchoError(f"{path}:{n}: expected '<uri> <channel> <start> <end>', got {line!r}") from None
-        out.setdefault(uri, Timeline(uri=uri)).add(Segment(start, end))
-    return out
+    """UEM lines ``<uri> 1 <start> <end>`` scoring each whole recording, in the order given."""
+    return "".join(format_uem({uri: Segment(0.0, dur)}) for uri, dur in durations.items())
 
 
 def _merge(iv: np.ndarray) -> np.ndarray:

@@ -1,20 +1,36 @@
-"""Sharded audio storage: many simulated signals concatenated into a few large files.
+"""Sharded audio storage: many simulated signals concatenated into a few large files, and the
+directory of a simulated set built on them.
 
 A shard is one mono 16-bit file (``audio/shard-00000.flac`` or ``.npy``); a signal is addressed by
 ``(shard, offset, num_samples)``. FLAC is compact and what the corpus uses; ``.npy`` (int16) can be
 memory-mapped, which is faster for random access by data loaders. Samples are stored as
 ``round(x * 32768)`` clipped to int16 and read back as ``int16 / 32768``.
+
+A simulated set (conversations, mixtures) is one directory written atomically: the shards, its
+Parquet tables, ``stats.json``, ``stats.png`` and ``config.json``; :func:`open_set` does what the
+two kinds share (K checks, one generator per recording, the job loop, the summary files).
 """
 from __future__ import annotations
 
+import sys
+import zlib
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
+import pandas as pd
+from tqdm import tqdm
 
 from echo.audio import SAMPLE_RATE
-from echo.errors import AudioError
+from echo.errors import AudioError, ConfigError, EchoError
+from echo.io import atomic_dir, read_json, write_json, write_parquet
+from echo.simulate.room import check_range, check_value, normalise_fields, room_config
+from echo.simulate.utterances import UtterancePool
 
-__all__ = ["AUDIO_FORMATS", "ShardWriter", "read_shard", "to_int16"]
+__all__ = ["AUDIO_FORMATS", "ShardWriter", "read_shard", "to_int16", "check_set_fields", "generator", "SetRun",
+           "open_set", "read_set"]
 
 AUDIO_FORMATS = ("flac", "npy")
 
@@ -87,3 +103,115 @@ def read_shard(root: str | Path, shard: str, offset: int, num_samples: int) -> n
     if x.shape[0] != num_samples:
         raise AudioError(f"{path}: truncated, expected {num_samples} samples at {offset}, got {x.shape[0]}")
     return x.astype(np.float32) / np.float32(32768.0)
+
+
+# -- a simulated set's directory ------------------------------------------------------------------
+def check_set_fields(cfg: Any, p: str, n_per_k_max: int) -> None:
+    """Normalise and check the fields every simulation config has (``seed``, ``k_max``, ``n_per_k``,
+    ``gain_db``, ``snr_db``, ``noise_exponent``, ``reverb_prob``, ``room``, ``min_pause_s``,
+    ``shard_hours``, ``audio_format``); call first in ``__post_init__``.
+
+    Raises:
+        ConfigError: a value out of range, named ``<p>.<key>``.
+    """
+    normalise_fields(cfg)
+    object.__setattr__(cfg, "room", room_config(cfg.room, p))
+    check_value(f"{p}.seed", cfg.seed, 0, 2**32 - 1, int)
+    check_value(f"{p}.k_max", cfg.k_max, 1, 20, int)
+    check_value(f"{p}.n_per_k", cfg.n_per_k, 0, n_per_k_max, int)
+    check_range(f"{p}.gain_db", cfg.gain_db, -40.0, 20.0)
+    if cfg.snr_db is not None:
+        check_range(f"{p}.snr_db", cfg.snr_db, -10.0, 80.0)
+    check_range(f"{p}.noise_exponent", cfg.noise_exponent, 0.0, 3.0)
+    check_value(f"{p}.reverb_prob", cfg.reverb_prob, 0.0, 1.0)
+    check_value(f"{p}.min_pause_s", cfg.min_pause_s, 0.0, 10.0)
+    check_value(f"{p}.shard_hours", cfg.shard_hours, 0.001, 100.0)
+    if cfg.audio_format not in AUDIO_FORMATS:
+        raise ConfigError(f"{p}.audio_format: expected one of {AUDIO_FORMATS}, got {cfg.audio_format!r}")
+
+
+def generator(seed: int, split: str, *stream: int) -> np.random.Generator:
+    """The generator of one recording, seeded by ``(seed, split, *stream)`` (e.g. ``stream = (K, index)``)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(split.encode()), *stream]))
+
+
+@dataclass
+class SetRun:
+    """A simulated set being written (see :func:`open_set`).
+
+    Attributes:
+        kind: ``conversations`` or ``mixtures`` (progress bar, messages, plot title).
+        cfg: the simulation config (stored in ``config.json``).
+        pool: the split's utterances.
+        k_values, n_per_k: what is simulated: ``n_per_k`` recordings for each K.
+        tmp: the temporary directory that becomes the set's directory.
+        shards: the audio shards under ``tmp/audio``.
+    """
+
+    kind: str
+    cfg: Any
+    pool: UtterancePool
+    k_values: tuple[int, ...]
+    n_per_k: int
+    tmp: Path
+    shards: ShardWriter
+
+    def jobs(self) -> Iterator[tuple[int, int]]:
+        """``(K, index)`` of every recording, K by K (with a progress bar on a terminal)."""
+        jobs = [(k, i) for k in self.k_values for i in range(self.n_per_k)]
+        return iter(tqdm(jobs, desc=f"{self.kind} {self.pool.split}", disable=not sys.stderr.isatty()))
+
+    def finish(self, tables: dict[str, pd.DataFrame], stats: Callable[[pd.DataFrame], dict]) -> None:
+        """Close the shards and write ``<name>.parquet`` per table, ``stats.json`` + ``stats.png``
+        (``stats`` of the FIRST table, one row per recording) and ``config.json``."""
+        from echo.simulate.stats import plot_stats
+
+        self.shards.close()
+        for name, table in tables.items():
+            write_parquet(table, self.tmp / f"{name}.parquet")
+        table = next(iter(tables.values()))
+        write_json(self.tmp / "stats.json", stats(table))
+        plot_stats(table, self.tmp / "stats.png", title=f"{self.kind} ({self.pool.split})")
+        write_json(self.tmp / "config.json", {"config": asdict(self.cfg), "k_values": list(self.k_values),
+                                              "n_per_k": self.n_per_k, "split": self.pool.split})
+
+
+@contextmanager
+def open_set(kind: str, manifest_df: pd.DataFrame, cfg: Any, out_dir: str | Path,
+             k_values: tuple[int, ...] | None = None, n_per_k: int | None = None) -> Iterator[SetRun]:
+    """Check what is asked of a split and open its set directory for writing (atomically: ``out_dir``
+    is replaced when the block ends without error; call :meth:`SetRun.finish` inside it).
+
+    Args:
+        kind: ``conversations`` or ``mixtures``.
+        manifest_df: the rows of ONE split.
+        cfg: the simulation config (``k_max``, ``n_per_k``, ``min_pause_s``, ``shard_hours``, ``audio_format``).
+        out_dir: the set's directory.
+        k_values: speaker counts (default ``1..cfg.k_max``).
+        n_per_k: recordings per speaker count (default ``cfg.n_per_k``).
+
+    Raises:
+        EchoError: a table with several splits, or a K larger than the split's number of speakers.
+    """
+    k_values = tuple(range(1, cfg.k_max + 1)) if k_values is None else tuple(int(k) for k in k_values)
+    n_per_k = cfg.n_per_k if n_per_k is None else int(n_per_k)
+    pool = UtterancePool(manifest_df, int(round(cfg.min_pause_s * SAMPLE_RATE)))
+    if not k_values or min(k_values) < 1 or max(k_values) > len(pool.speakers):
+        raise EchoError(f"simulate {kind} ({pool.split}): K values {list(k_values)} need 1 <= K <= "
+                        f"{len(pool.speakers)} (the split's number of speakers)")
+    with atomic_dir(Path(out_dir)) as tmp:
+        shards = ShardWriter(tmp, int(cfg.shard_hours * 3600 * SAMPLE_RATE), cfg.audio_format)
+        yield SetRun(kind, cfg, pool, k_values, n_per_k, tmp, shards)
+
+
+def read_set(out_dir: str | Path, table: str, writer: str) -> tuple[Path, pd.DataFrame, dict]:
+    """``(root, <table>.parquet, config.json)`` of a set directory written by ``writer``.
+
+    Raises:
+        EchoError: the table is not there.
+    """
+    root = Path(out_dir)
+    path = root / f"{table}.parquet"
+    if not path.exists():
+        raise EchoError(f"{path}: not found; expected the output directory of {writer}")
+    return root, pd.read_parquet(path), read_json(root / "config.json")

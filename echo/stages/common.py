@@ -44,7 +44,7 @@ from echo.heads.vq import codebook_perplexity
 from echo.io import write_json, write_parquet
 from echo.models.bundle import EchoModel
 from echo.models.vit import Encoder
-from echo.stages.batches import CropBatch
+from echo.stages.batches import CropBatch, CropSampler, LabelledFrames, dev_batches
 from echo.train.checkpoint import load_train_state, save_train_state
 from echo.train.schedules import WarmupCosine
 
@@ -336,6 +336,26 @@ class StageTrainer:
         return self.models["encoder"]
 
     # -- setup ---------------------------------------------------------------------------------
+    def _load_clean(self, source: str | Path, train_cache, dev_cache) -> None:
+        """Set ``train_data``/``dev_data`` (clean labelled frames of the caches, checked compatible),
+        ``frontend``, ``start`` (the incoming model, from ``source``) and ``input_sha256``."""
+        self.train_data = LabelledFrames.from_cache(train_cache)
+        self.dev_data = LabelledFrames.from_cache(dev_cache)
+        self.train_data.check_compatible(self.dev_data, "dev cache")
+        self.frontend = train_cache.frontend
+        self.start = load_start(source, self.frontend)
+        self.input_sha256 = _sha256_of(source)
+
+    def _clean_batches(self, crop_stream: int, speakers: list[str]) -> None:
+        """Set ``sampler`` (training crops of ``train_data``, labelled by index in ``speakers``) and
+        ``dev_set`` (the dev batches); both at least two tokens long."""
+        cfg = self.cfg
+        patch = self.start.encoder.cfg.patch_frames
+        self.sampler = CropSampler(self.train_data, cfg.crop_frames(self.train_data.frame_rate, patch), cfg.batch_size,
+                                   cfg.seed, crop_stream, speakers, min_frames=patch * 2)
+        self.dev_set = dev_batches(self.dev_data, cfg.dev_max_utts, int(round(cfg.dev_max_s * self.dev_data.frame_rate)),
+                                   cfg.batch_size, min_frames=patch * 2)
+
     def _finish_setup(self, data_fingerprint: dict) -> None:
         cfg = self.cfg
         enc = self.encoder

@@ -24,9 +24,8 @@ import torch
 from echo.heads.ctc import CTCConfig, CTCHead
 from echo.heads.vq import UPDATES, VQConfig
 from echo.models.bundle import EchoModel
-from echo.stages.batches import CropSampler, LabelledFrames, dev_batches
-from echo.stages.common import (MetricsLogger, StageConfig, StageGuardConfig, StageTrainer, _is_int, _need, _sha256_of,
-                                load_start, phonetic_dev_metrics, speaker_dev_metrics)
+from echo.stages.common import (MetricsLogger, StageConfig, StageGuardConfig, StageTrainer, _is_int, _need,
+                                phonetic_dev_metrics, speaker_dev_metrics)
 
 __all__ = ["PhoneticStageConfig", "PhoneticStage", "train_phonetic_stage"]
 
@@ -96,22 +95,13 @@ class PhoneticStage(StageTrainer):
     def __init__(self, cfg: PhoneticStageConfig, bundle_dir: str | Path, train_cache, dev_cache, out_dir: str | Path,
                  log_metrics: MetricsLogger | None = None, device: str = "cpu") -> None:
         super().__init__(cfg, out_dir, log_metrics, device)
-        self.train_data = LabelledFrames.from_cache(train_cache)
-        self.dev_data = LabelledFrames.from_cache(dev_cache)
-        self.train_data.check_compatible(self.dev_data, "dev cache")
-        self.frontend = train_cache.frontend
-        self.start = load_start(bundle_dir, self.frontend)
-        self.input_sha256 = _sha256_of(bundle_dir)
+        self._load_clean(bundle_dir, train_cache, dev_cache)
         s = self.start
         enc = s.encoder
         patch, d = enc.cfg.patch_frames, enc.cfg.dim
         # speaker indices must be those of the stage-1 ArcFace centres for the replay term
-        speakers = s.meta.get("train_speakers") or self.train_data.speaker_names
-        self.sampler = CropSampler(self.train_data, cfg.crop_frames(self.train_data.frame_rate, patch), cfg.batch_size,
-                                   cfg.seed, CROP_STREAM, speakers, min_frames=patch * 2)
+        self._clean_batches(CROP_STREAM, s.meta.get("train_speakers") or self.train_data.speaker_names)
         self.inventory = self.sampler.inventory
-        self.dev_set = dev_batches(self.dev_data, cfg.dev_max_utts, int(round(cfg.dev_max_s * self.dev_data.frame_rate)),
-                                   cfg.batch_size, min_frames=patch * 2)
         torch.manual_seed(cfg.seed)
         ctc_cfg = CTCConfig(d_model=d, hidden_dim=cfg.ctc_hidden_dim, num_layers=cfg.ctc_layers, dropout=cfg.ctc_dropout,
                             frame_shift=patch / self.train_data.frame_rate)

@@ -24,9 +24,7 @@ from echo.heads.arcface import ArcFaceConfig, ArcFaceLoss
 from echo.heads.pooling import VARIANTS
 from echo.heads.speaker import SpeakerConfig, SpeakerHead
 from echo.models.bundle import EchoModel
-from echo.stages.batches import CropSampler, LabelledFrames, dev_batches
-from echo.stages.common import (MetricsLogger, StageConfig, StageGuardConfig, StageTrainer, _need, _sha256_of,
-                                load_start, speaker_dev_metrics)
+from echo.stages.common import MetricsLogger, StageConfig, StageGuardConfig, StageTrainer, _need, speaker_dev_metrics
 
 __all__ = ["SpeakerStageConfig", "SpeakerStage", "train_speaker_stage"]
 
@@ -77,21 +75,12 @@ class SpeakerStage(StageTrainer):
     def __init__(self, cfg: SpeakerStageConfig, encoder_ckpt: str | Path, train_cache, dev_cache, out_dir: str | Path,
                  log_metrics: MetricsLogger | None = None, device: str = "cpu") -> None:
         super().__init__(cfg, out_dir, log_metrics, device)
-        self.train_data = LabelledFrames.from_cache(train_cache)
-        self.dev_data = LabelledFrames.from_cache(dev_cache)
-        self.train_data.check_compatible(self.dev_data, "dev cache")
-        self.frontend = train_cache.frontend
-        self.start = load_start(encoder_ckpt, self.frontend)
-        self.input_sha256 = _sha256_of(encoder_ckpt)
+        self._load_clean(encoder_ckpt, train_cache, dev_cache)
         self.speakers = self.train_data.speaker_names
         if len(self.speakers) < 2:
             raise ConfigError(f"{cfg.SECTION}: the train cache has {len(self.speakers)} speaker(s); expected >= 2")
         enc = self.start.encoder
-        patch = enc.cfg.patch_frames
-        self.sampler = CropSampler(self.train_data, cfg.crop_frames(self.train_data.frame_rate, patch), cfg.batch_size,
-                                   cfg.seed, CROP_STREAM, self.speakers, min_frames=patch * 2)
-        self.dev_set = dev_batches(self.dev_data, cfg.dev_max_utts, int(round(cfg.dev_max_s * self.dev_data.frame_rate)),
-                                   cfg.batch_size, min_frames=patch * 2)
+        self._clean_batches(CROP_STREAM, self.speakers)
         torch.manual_seed(cfg.seed)  # head initialisation is a function of the seed
         head = SpeakerHead(SpeakerConfig(d_model=enc.cfg.dim, emb_dim=cfg.emb_dim, pooling=cfg.pooling,
                                          attention_dim=cfg.attention_dim))

@@ -64,28 +64,26 @@ class WarmupCosine(Schedule):
         return _cosine(self.peak, self.final, (iteration - self.warmup) / span)
 
 
-class Cosine(Schedule):
-    """Half-cosine from ``start`` to ``final`` over ``total`` iterations (may increase, as the
-    I-JEPA weight decay 0.04 -> 0.4 does)."""
+class _Ramp(Schedule):
+    """Base of the schedules that go from ``start`` to ``final`` over ``total`` iterations."""
 
     def __init__(self, start: float, final: float, total: int):
         super().__init__()
         if total < 1:
             raise ConfigError(f"schedule: expected total >= 1, got {total}")
         self.start, self.final, self.total = start, final, int(total)
+
+
+class Cosine(_Ramp):
+    """Half-cosine from ``start`` to ``final`` over ``total`` iterations (may increase, as the
+    I-JEPA weight decay 0.04 -> 0.4 does)."""
 
     def value_at(self, iteration: int) -> float:
         return _cosine(self.start, self.final, iteration / self.total)
 
 
-class Linear(Schedule):
+class Linear(_Ramp):
     """Linear from ``start`` to ``final`` over ``total`` iterations (EMA momentum 0.996 -> 1.0)."""
-
-    def __init__(self, start: float, final: float, total: int):
-        super().__init__()
-        if total < 1:
-            raise ConfigError(f"schedule: expected total >= 1, got {total}")
-        self.start, self.final, self.total = start, final, int(total)
 
     def value_at(self, iteration: int) -> float:
         return self.start + (self.final - self.start) * min(max(iteration / self.total, 0.0), 1.0)

@@ -41,3 +41,6 @@ def test_step_and_fast_forward_agree():
 def test_invalid_schedule():
     with pytest.raises(ConfigError):
         WarmupCosine(0, 1, 0, warmup=20, total=10)
+    for ramp in (Cosine, Linear):
+        with pytest.raises(ConfigError, match="total >= 1"):
+            ramp(0.0, 1.0, total=0)

@@ -2,19 +2,29 @@
 
     python benchmarks/diarize_rtf.py                         # 10 min and 60 min, 2 CPU threads
     python benchmarks/diarize_rtf.py --minutes 10 --threads 2 --checkpoint models/echo
+    python benchmarks/diarize_rtf.py --paper                 # the 25.4M paper-profile encoder
+    python benchmarks/diarize_rtf.py --stages-minutes 2      # also: where the time goes, per stage
     python benchmarks/diarize_rtf.py --device cuda
 
 Each measurement runs the real command line in a fresh process (decode + encoder + speaker head +
-PLDA/AHC/VBx + RTTM, model loading and Python start-up included) and reads that process's peak
-resident memory from ``wait4`` (tracemalloc does not see torch's allocations). The start-up
+PLDA/AHC/VBx + RTTM, model loading and Python start-up included); the process writes its own peak
+resident memory (``VmHWM`` of /proc/self/status) when it ends (tracemalloc does not see torch's
+allocations, and ``wait4``'s figure includes this benchmark process's memory at fork time). The start-up
 cost is measured on a 5 s file and printed, so it can be told apart from per-second costs.
 
-Without ``--checkpoint`` a bundle of the default shapes (EncoderConfig(): 25.4M parameters, d=512,
-8 blocks; default speaker/CTC/router heads) with random weights is built in a temporary folder,
+Without ``--checkpoint`` a bundle of the default profile's shapes (encoder d=512, 4 blocks, MLP 1024,
+8 heads, as in params.yaml; ``--paper``: the 25.4M paper profile, 8 blocks, MLP 2048; default
+speaker/CTC/router heads) with random weights is built in a temporary folder,
 with a PLDA fitted on random embeddings: the cost does not depend on the weights' values (with a
 random CTC head every token counts as speech, the worst case for the number of embedded windows).
 The long input is espeak-ng speech of four voices taking turns (tiled from a few minutes of
 synthesised turns), or noise bursts when espeak-ng is not installed, written as 16 kHz FLAC.
+
+``--stages-minutes`` additionally times, in this process, how one recording's diarization splits
+between log-mel, encoder, CTC head, speaker head, router and clustering (forward hooks on the
+modules; log-mel and bookkeeping are the remainder). The machine's load average is printed next
+to the figures, and a last line compares them with pyannote.audio's CPU figures measured on this
+kind of machine (docs: /work/shared/notes/anchors.md).
 
 Figures are printed, never asserted: timings depend on the machine and on what else runs on it.
 """
@@ -33,6 +43,8 @@ from pathlib import Path
 import numpy as np
 
 SR = 16_000
+# pyannote.audio 4.0.7 (community-1 architecture, random weights), 2 CPU threads, 10 min of audio
+PYANNOTE_CPU = {"rtf": (1.54, 1.64), "peak_rss_gb": 2.95}
 SENTENCES = [
     "The committee will meet again next week to discuss the budget for the coming year.",
     "I honestly think we should try the other approach before we decide anything.",
@@ -79,8 +91,9 @@ def long_recording(turns: list[np.ndarray], seconds: float, seed: int = 0) -> np
     return out
 
 
-def default_bundle(path: Path) -> Path:
-    """A bundle of the default shapes with random weights, plus a PLDA fitted on random embeddings."""
+def default_bundle(path: Path, paper: bool = False) -> Path:
+    """A bundle of the default profile's shapes (or the paper profile's) with random weights, plus a
+    PLDA fitted on random embeddings."""
     import torch
 
     from echo.diarization.plda import PLDA
@@ -92,7 +105,8 @@ def default_bundle(path: Path) -> Path:
 
     torch.manual_seed(0)
     phones = tuple("a b d e f g h i k l m n o p r s t u v w z".split())
-    model = EchoModel(Encoder(EncoderConfig()), stage="routing", speaker=SpeakerHead(),
+    shape = EncoderConfig() if paper else EncoderConfig(dim=512, depth=4, mlp_dim=1024, heads=8)
+    model = EchoModel(Encoder(shape), stage="routing", speaker=SpeakerHead(),
                       ctc=CTCHead(CTCConfig(), PhoneInventory(phones)), router=SourceRouter())
     model.eval().save(path)
     rng = np.random.default_rng(0)
@@ -102,23 +116,68 @@ def default_bundle(path: Path) -> Path:
     return path
 
 
-def run_cli(audio: Path, bundle: Path, threads: int, device: str | None) -> dict:
-    """Run ``python -m echo diarize`` in a fresh process; wall seconds and its peak RSS."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, "-c", f"import torch; torch.set_num_threads({threads}); "
-           "from echo.cli import main; raise SystemExit(main())",
+# The child reports its own high-water mark (VmHWM): wait4's ru_maxrss also counts the pages the
+# benchmark process itself held when it forked (Linux carries the pre-exec peak over exec), which
+# inflated the figures by this process's torch import and generated audio (~0.4 GB at 1 h).
+_CHILD = ("import os, torch; torch.set_num_threads({threads}); from echo.cli import main\n"
+          "try:\n    rc = main()\nfinally:\n"
+          "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+          "    open(os.environ['ECHO_BENCH_HWM'], 'w').write(hwm)\n"
+          "raise SystemExit(rc)")
+
+
+def run_cli(audio: Path, bundle: Path, threads: int, device: str | None, exclusive: bool = False) -> dict:
+    """Run ``python -m echo diarize`` in a fresh process; wall seconds and its peak RSS (VmHWM)."""
+    hwm = audio.with_suffix(".hwm")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), ECHO_BENCH_HWM=str(hwm))
+    cmd = [sys.executable, "-c", _CHILD.format(threads=threads),
            "diarize", str(audio), "--checkpoint", str(bundle), "--rttm", str(audio.with_suffix(".rttm"))]
     if device:
         cmd += ["--device", device]
+    if exclusive:
+        cmd += ["--exclusive"]
+    log = audio.with_suffix(".log")
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    with open(log, "w") as err:  # a file, not a pipe: a chatty child cannot block on a full pipe
+        proc = subprocess.Popen(cmd, env=env, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-    err = proc.stderr.read()
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"diarize failed on {audio}:\n{err}")
+        raise SystemExit(f"diarize failed on {audio}:\n{log.read_text()[-3000:]}")
     speakers = len({line.split()[7] for line in audio.with_suffix(".rttm").read_text().splitlines()})
-    return {"wall_s": wall, "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9, "speakers": speakers}
+    return {"wall_s": wall, "peak_rss_gb": int(hwm.read_text()) * 1024 / 1e9,
+            "maxrss_wait4_gb": usage.ru_maxrss * 1024 / 1e9, "speakers": speakers}
+
+
+def stage_breakdown(bundle: Path, wave: np.ndarray, threads: int, device: str) -> dict:
+    """Seconds per stage of one in-process diarization (encoder, heads by forward hooks)."""
+    import torch
+
+    from echo.cli import diarizer_config, load_model, load_plda
+    from echo.evaluate.diarize import Diarizer
+
+    torch.set_num_threads(threads)
+    model = load_model(bundle, device)
+    d = Diarizer(model, load_plda(bundle), diarizer_config(bundle), frontend=model.frontend)
+    spent: dict[str, float] = {}
+    started: dict[str, float] = {}
+    modules = {"encoder": model.encoder, "ctc head": model.ctc, "speaker head": model.speaker, "router": model.router}
+    for name, mod in modules.items():
+        if mod is None:
+            continue
+        mod.register_forward_pre_hook(lambda m, a, name=name: started.__setitem__(name, time.perf_counter()))
+        mod.register_forward_hook(lambda m, a, o, name=name: spent.__setitem__(
+            name, spent.get(name, 0.0) + time.perf_counter() - started[name]))
+    t0 = time.perf_counter()
+    prep = d.prepare(wave, "stages")
+    t1 = time.perf_counter()
+    d.cluster(prep)
+    t2 = time.perf_counter()
+    out = dict(spent)
+    out["log-mel + windows + bookkeeping"] = (t1 - t0) - sum(spent.values())
+    out["AHC + VBx + annotation"] = t2 - t1
+    out["windows"] = len(prep.windows)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch / BLAS threads (default 2)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--checkpoint", type=Path, help="bundle to time (default: random default-shape bundle)")
+    ap.add_argument("--paper", action="store_true", help="random bundle of the 25.4M paper profile instead")
+    ap.add_argument("--exclusive", action="store_true", help="diarize with --exclusive (no router, no overlap)")
+    ap.add_argument("--stages-minutes", type=float, default=0.0, help="also time the stages on this many minutes")
     ap.add_argument("--keep", type=Path, help="keep the generated audio and bundle in this folder")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="echo-rtf-")) if args.keep is None else args.keep
@@ -134,26 +196,41 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import soundfile as sf
 
-        bundle = args.checkpoint or default_bundle(work / "bundle")
+        bundle = args.checkpoint or default_bundle(work / "bundle", args.paper)
         turns = synth_turns(work)
         rows = []
         warm = work / "warmup.flac"  # fills the page cache (Python, torch, the bundle): not timed
         sf.write(warm, long_recording(turns, 5.0), SR, subtype="PCM_16")
         run_cli(warm, bundle, args.threads, args.device)
+        print(f"load average before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs", flush=True)
         for minutes in [5.0 / 60.0] + list(args.minutes):
             seconds = minutes * 60.0
             path = work / f"rec_{int(round(seconds))}s.flac"
             sf.write(path, long_recording(turns, seconds), SR, subtype="PCM_16")
-            r = run_cli(path, bundle, args.threads, args.device)
-            r.update(audio_s=seconds, rtf=r["wall_s"] / seconds)
+            r = run_cli(path, bundle, args.threads, args.device, args.exclusive)
+            r.update(audio_s=seconds, rtf=r["wall_s"] / seconds, load_avg_1min=os.getloadavg()[0])
             rows.append(r)
             label = "start-up (5 s file)" if seconds < 10 else f"{minutes:g} min"
             print(f"{label:>20}: wall {r['wall_s']:8.1f} s   RTF {r['rtf']:.4f}   peak RSS {r['peak_rss_gb']:.2f} GB"
-                  f"   speakers {r['speakers']}", flush=True)
+                  f"   speakers {r['speakers']}   (load {r['load_avg_1min']:.2f})", flush=True)
         base = rows[0]["wall_s"]
         for r in rows[1:]:
             r["rtf_without_startup"] = (r["wall_s"] - base) / r["audio_s"]
-        print(json.dumps({"device": args.device, "threads": args.threads, "rows": rows}, indent=1))
+        stages = None
+        if args.stages_minutes > 0:
+            stages = stage_breakdown(bundle, long_recording(turns, args.stages_minutes * 60.0), args.threads, args.device)
+            audio = args.stages_minutes * 60.0
+            print(f"where the time goes ({args.stages_minutes:g} min, {stages['windows']} windows, in-process):")
+            for k, v in stages.items():
+                if k != "windows":
+                    print(f"{k:>34}: {v:7.2f} s   RTF {v / audio:.4f}")
+        p_lo, p_hi = PYANNOTE_CPU["rtf"]
+        for r in rows[1:]:
+            print(f"vs pyannote.audio 4 on CPU (RTF {p_lo}-{p_hi}, peak {PYANNOTE_CPU['peak_rss_gb']} GB at 10 min, "
+                  f"{args.threads} threads): {r['audio_s'] / 60:g} min: {p_lo / r['rtf']:.0f}-{p_hi / r['rtf']:.0f}x "
+                  f"faster, {PYANNOTE_CPU['peak_rss_gb'] / r['peak_rss_gb']:.1f}x less peak memory")
+        print(json.dumps({"device": args.device, "threads": args.threads, "exclusive": args.exclusive, "rows": rows, "stages": stages,
+                          "pyannote_cpu": PYANNOTE_CPU}, indent=1))
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

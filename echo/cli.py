@@ -13,8 +13,10 @@ diarizer in ``plda.npz``.
 
 Inputs: WAV/FLAC/OGG/AIFF (soundfile) and MP3/M4A/anything FFmpeg reads (torchcodec), any sample
 rate and channel count; everything is mixed to mono and resampled to 16 kHz while it is read in
-blocks (:mod:`echo.inference`). The 16 kHz signal of the whole recording is kept in memory
-(230 MB per hour); the encoder sees it in chunks.
+blocks (:mod:`echo.inference`). ``diarize`` streams seekable files (WAV/FLAC/OGG/AIFF) through
+the diarizer a chunk at a time, after a first pass that counts samples and checks for silence, so
+its memory does not grow with the recording; otherwise the 16 kHz signal of the whole recording
+is kept in memory (230 MB per hour) and the encoder sees it in chunks.
 
 Errors: every problem with an input or a model is one line ``echo: error: <file>: <problem>`` on
 stderr and exit status 1 (2 for bad command-line usage). With several inputs, all of them are
@@ -182,6 +184,27 @@ def _read(src, session: _Session) -> np.ndarray:
     return read_all(src, session.config)
 
 
+def _read_streamed(src, session: _Session):
+    """A :class:`~echo.evaluate.diarize.BlockReader` over a seekable file (WAV/FLAC/...), so the
+    diarizer holds one chunk of samples, not the recording (230 MB per hour); None when silent.
+    A first decoding pass counts the samples and finds the peak (the silence check)."""
+    from echo.errors import AudioError
+    from echo.evaluate.diarize import BlockReader
+    from echo.inference import is_silent, stream
+
+    block = session.config.block_seconds
+    peak, count = 0.0, 0
+    for x in stream(src, block):
+        peak = max(peak, float(np.abs(x).max()) if x.size else 0.0)
+        count += len(x)
+    if count == 0:
+        raise AudioError(f"{src.path}: contains no audio samples")
+    if is_silent(np.array([peak], np.float32), session.config.silence_dbfs):
+        print(f"echo: {src.path}: silent (peak below {session.config.silence_dbfs:g} dBFS)", file=sys.stderr)
+        return None
+    return BlockReader(lambda: stream(src, block), count)
+
+
 def _silent(wave: np.ndarray, src, session: _Session) -> bool:
     from echo.inference import is_silent
 
@@ -229,8 +252,8 @@ def cmd_diarize(args: argparse.Namespace) -> int:
     results: dict[str, Annotation] = {}
     for src in sources:
         uri = _uri(src.path)
-        wave = _read(src, session)
-        if _silent(wave, src, session):
+        wave = _read_streamed(src, session) if src.backend == "soundfile" else _read(src, session)
+        if wave is None or (isinstance(wave, np.ndarray) and _silent(wave, src, session)):
             results[uri] = Annotation(uri=uri)
             continue
         ann = diarizer.diarize(wave, uri, num_speakers=args.num_speakers,

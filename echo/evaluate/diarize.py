@@ -1,24 +1,33 @@
 """Blind speaker diarization with the shared encoder, and its evaluation (DER/JER/count by K).
 
-Pipeline of :class:`Diarizer` for one recording (16 kHz mono):
+Pipeline of :class:`Diarizer` for one recording (16 kHz mono), one pass over the recording in
+chunks so that memory does not grow with its length (beyond O(tokens) flags and the per-window
+embeddings):
 
-1. log-mel of the whole recording (:class:`echo.features.FrontEnd`), then the encoder in chunks of
-   ``chunk_s`` seconds, each seen with ``context_s`` of extra context on both sides; only each
-   chunk's core tokens are kept, so memory is bounded by one chunk and every kept token saw at
-   least ``context_s`` of context on each side (except at the recording's ends);
+1. the encoder in chunks of ``chunk_s`` seconds, each seen with ``context_s`` of extra context on
+   both sides; only each chunk's core tokens are kept, so every kept token saw at least
+   ``context_s`` of context on each side (except at the recording's ends). The log-mel of a
+   chunk is computed from the samples it needs (:func:`chunk_log_mel`), equal to the frames of
+   the whole recording's log-mel;
 2. speech activity per 40 ms token (``SpeechConfig.source``): ``ctc`` = a token is speech when a
    phone emission (CTC non-blank posterior >= ``ctc_threshold``; silence is not a CTC label, so it
    falls to the blank) lies within ``dilation_s``; ``energy`` = token power above the recording's
-   noise floor (a low percentile) by ``energy_margin_db``; ``none`` = all speech;
+   noise floor (a low percentile) by ``energy_margin_db`` (a cheap first pass of log-mels finds
+   the floor); ``none`` = all speech;
 3. sliding windows (:class:`echo.diarization.segments.WindowConfig`); a window whose speech share
    is below ``min_window_speech`` is skipped; the others are embedded by the speaker head over
-   their speech tokens (the latents of the whole-recording pass, so a window's tokens keep their
-   context);
+   their speech tokens as soon as the chunks covering them are encoded (the latents of the
+   chunked pass, so a window's tokens keep their context); latents are then dropped;
 4. LDA/PLDA (fitted on TRAINING speakers' window embeddings by :func:`fit_backend`), AHC
-   initialisation and VBx (``Fa``, ``Fb``, ``loopP``) -> per-window speaker posteriors; blind unless
-   ``num_speakers`` is given; ``min_speakers``/``max_speakers`` re-run with K clamped;
-5. overlap (unless ``exclusive``): the router reads each window's latents; where it declares two
-   or more slots active, the window's second most likely VBx speaker is added;
+   initialisation (on at most ``ahc.max_windows`` evenly spaced windows, the others joining the
+   nearest centroid) and VBx (``Fa``, ``Fb``, ``loopP``) -> per-window speaker posteriors; blind
+   unless ``num_speakers`` is given; ``min_speakers``/``max_speakers`` re-run with K clamped;
+5. overlap (unless ``exclusive``; then the router never runs): the router reads consecutive,
+   non-overlapping blocks of ``router_s`` seconds (its training mixtures' length); a slot exists
+   when its existence probability is >= ``overlap_threshold`` and is active at a token when its
+   latent is not the encoder's latent of silence (cosine < ``activity_threshold``), which is what
+   a slot is trained to output where its source is silent. A token with >= 2 active slots is
+   overlap: there the second most likely VBx speaker of its window is added;
 6. every speech token takes the speaker(s) of the kept window whose centre is nearest; runs of
    tokens become the Annotation's segments (40 ms resolution).
 
@@ -35,7 +44,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -55,7 +64,7 @@ from echo.metrics.separation import speaker_count_accuracy
 
 __all__ = [
     "SpeechConfig", "DiarizerConfig", "BackendConfig", "TuneConfig", "Prepared", "DiarizationResult",
-    "Diarizer", "encode_long", "speech_activity", "fit_backend", "backend_from_latents", "tune_on_dev",
+    "Diarizer", "BlockReader", "encode_long", "chunk_log_mel", "slot_overlap", "speech_activity", "fit_backend", "backend_from_latents", "tune_on_dev",
     "score_conversations", "evaluate_diarization",
 ]
 
@@ -114,8 +123,14 @@ class DiarizerConfig:
         speech: speech activity detection.
         exclusive: one speaker at a time; False adds a second speaker where the router sees two
             or more active slots (falls back to exclusive when the model has no router).
-        overlap_threshold: router existence probability for a slot to count as active, in (0, 1).
-        batch_windows: windows per speaker-head / router batch (>= 1).
+        overlap_threshold: router existence probability for a slot to exist, in (0, 1).
+        activity_threshold: an existing slot is active at a token when the cosine of its latent
+            to the encoder's latent of silence is below this, in [-1, 1] (1 = active wherever
+            it exists).
+        router_s: seconds per router block (> 0): the routing stage's mixture length (4 s).
+        batch_windows: windows per speaker-head batch (>= 1).
+        progress_s: show a progress bar over the chunks for recordings at least this long
+            (seconds >= 0; only on a terminal).
     """
 
     chunk_s: float = 30.0
@@ -126,7 +141,10 @@ class DiarizerConfig:
     speech: SpeechConfig = SpeechConfig()
     exclusive: bool = False
     overlap_threshold: float = 0.5
+    activity_threshold: float = 0.5
+    router_s: float = 4.0
     batch_windows: int = 64
+    progress_s: float = 120.0
 
     def __post_init__(self):
         _need(self.chunk_s > 0, "diarize.chunk_s", "seconds > 0", self.chunk_s)
@@ -136,6 +154,12 @@ class DiarizerConfig:
               self.overlap_threshold)
         _need(isinstance(self.batch_windows, int) and self.batch_windows >= 1, "diarize.batch_windows",
               "an integer >= 1", self.batch_windows)
+        _need(isinstance(self.activity_threshold, (int, float)) and -1.0 <= self.activity_threshold <= 1.0,
+              "diarize.activity_threshold", "a cosine in [-1, 1]", self.activity_threshold)
+        _need(isinstance(self.router_s, (int, float)) and self.router_s > 0, "diarize.router_s", "seconds > 0",
+              self.router_s)
+        _need(isinstance(self.progress_s, (int, float)) and self.progress_s >= 0, "diarize.progress_s",
+              "seconds >= 0", self.progress_s)
 
 
 @dataclass(frozen=True)
@@ -238,6 +262,141 @@ def encode_long(encoder: torch.nn.Module, mels: np.ndarray, chunk_tokens: int, c
     return out
 
 
+class BlockReader:
+    """A long signal read as consecutive blocks (e.g. :func:`echo.inference.stream`), sliced like
+    an array by reads whose start never goes back, so that only the blocks under the current
+    chunk are in memory (an hour at 16 kHz would be 230 MB). A read starting before what is still
+    held starts a new pass over the blocks (the energy detector's first pass).
+
+    Args:
+        blocks: called once per pass; returns an iterable of consecutive 1-D float blocks.
+        num_samples: the signal's exact length.
+
+    Example::
+
+        wave = BlockReader(lambda: stream(src), n)   # n from a counting pass
+        Diarizer(model, plda).diarize(wave, "rec1")
+    """
+
+    def __init__(self, blocks: Callable[[], Iterable[np.ndarray]], num_samples: int):
+        if num_samples < 0:
+            raise EchoError(f"BlockReader: expected num_samples >= 0, got {num_samples}")
+        self._open, self.num_samples = blocks, int(num_samples)
+        self.passes = 0
+        self._restart()
+
+    def _restart(self) -> None:
+        self._it = iter(self._open())
+        self._buf, self._lo = np.zeros(0, np.float32), 0  # held samples [_lo, _lo + len(_buf))
+        self.passes += 1
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise EchoError("BlockReader: only contiguous slices [lo:hi] can be read")
+        lo = max(0, key.start or 0)
+        hi = min(self.num_samples, self.num_samples if key.stop is None else key.stop)
+        if lo < self._lo:
+            self._restart()
+        self._drop_before(lo)
+        while self._lo + len(self._buf) < hi:
+            x = next(self._it, None)
+            if x is None:
+                raise EchoError(f"BlockReader: the blocks end at sample {self._lo + len(self._buf)}, "
+                                f"expected {self.num_samples}")
+            self._buf = np.concatenate([self._buf, np.asarray(x, dtype=np.float32).ravel()])
+            self._drop_before(lo)
+        return self._buf[lo - self._lo: max(lo, hi) - self._lo]
+
+    def _drop_before(self, lo: int) -> None:
+        cut = min(max(0, lo - self._lo), len(self._buf))
+        if cut:
+            self._buf, self._lo = self._buf[cut:], self._lo + cut
+
+
+def chunk_log_mel(frontend: FrontEnd, wave: np.ndarray, f0: int, f1: int) -> np.ndarray:
+    """Frames ``f0 .. f1 - 1`` of ``frontend.compute(wave)``, computed from the samples they need.
+
+    A centred STFT frame ``f`` reads samples ``f * hop +- n_fft / 2``; the slice read here starts
+    a whole number of hops (>= n_fft / 2) before the first frame's centre, so its frames line up
+    with the whole signal's, and its own edge padding (reflection) only touches frames that are
+    dropped, except at the signal's true ends, where it is the whole signal's padding. The result
+    equals slicing the whole recording's log-mel (to float rounding) at a cost of ``f1 - f0``
+    frames.
+
+    Args:
+        frontend: the log-mel front-end.
+        wave: the whole mono recording at ``frontend.sample_rate``.
+        f0, f1: frame range (``f1`` is clipped to the recording's frame count).
+
+    Returns:
+        ``(f1 - f0, n_mels)`` float32 raw log-mel.
+    """
+    hop = frontend.hop_length
+    f1 = min(f1, frontend.num_frames(len(wave)))
+    if f1 <= f0:
+        return np.zeros((0, frontend.n_mels), np.float32)
+    margin = -(-(frontend.n_fft // 2) // hop) * hop
+    lo = max(0, f0 * hop - margin)
+    hi = min(len(wave), (f1 - 1) * hop + margin + 1)
+    off = lo // hop
+    return frontend.compute(wave[lo:hi])[f0 - off: f1 - off]
+
+
+def _token_db(mels: np.ndarray, n_tokens: int, patch_frames: int) -> np.ndarray:
+    """Mean mel power per token in dB; a partial last token repeats its last frame's power."""
+    power = np.exp(np.asarray(mels, dtype=np.float64)).sum(1)  # mel power per 10 ms frame
+    pad = n_tokens * patch_frames - len(power)
+    power = np.r_[power, np.full(pad, power[-1])] if pad else power
+    return 10.0 * np.log10(power.reshape(n_tokens, patch_frames).mean(1) + 1e-12)
+
+
+def _energy_speech(db: np.ndarray, config: SpeechConfig) -> np.ndarray:
+    floor = np.percentile(db, config.energy_floor_percentile)
+    return db > floor + config.energy_margin_db
+
+
+def _dilate_range(mask: np.ndarray, lo: int, hi: int, radius: int) -> np.ndarray:
+    """``_dilate(mask, radius)[lo:hi]`` from ``mask[lo - radius: hi + radius]`` only."""
+    if radius <= 0:
+        return mask[lo:hi].copy()
+    a, b = max(0, lo - radius), min(len(mask), hi + radius)
+    c = np.r_[0, np.cumsum(mask[a:b], dtype=np.int64)]
+    t = np.arange(lo, hi)
+    left, right = np.maximum(t - radius, a) - a, np.minimum(t + radius + 1, b) - a
+    return (c[right] - c[left]) > 0
+
+
+def slot_overlap(slots: np.ndarray, exist_logits: np.ndarray, silence: np.ndarray, overlap_threshold: float = 0.5,
+                 activity_threshold: float = 0.5) -> np.ndarray:
+    """Tokens where two or more router slots are active at once.
+
+    A slot exists when ``sigmoid(exist_logit) >= overlap_threshold``; an existing slot is active
+    at a token when the cosine of its latent to ``silence`` (the encoder's latent of digital
+    silence, which the router is trained to output for a source that is silent there) is below
+    ``activity_threshold``. Hand-written: no library maps K-set slots to frame activity.
+
+    Args:
+        slots: ``(B, K, L, D)`` slot latents of ``B`` router blocks.
+        exist_logits: ``(B, K)``.
+        silence: ``(D,)`` silence latent (any norm).
+        overlap_threshold: existence probability threshold, in (0, 1).
+        activity_threshold: cosine threshold, in [-1, 1].
+
+    Returns:
+        ``(B, L)`` bool.
+    """
+    slots = np.asarray(slots, dtype=np.float32)
+    sil = np.asarray(silence, dtype=np.float32)
+    sil = sil / max(float(np.linalg.norm(sil)), 1e-12)
+    exist = 1.0 / (1.0 + np.exp(-np.asarray(exist_logits, dtype=np.float64))) >= overlap_threshold
+    cos = (slots @ sil) / np.maximum(np.linalg.norm(slots, axis=-1), 1e-12)
+    active = (cos < activity_threshold) & exist[:, :, None]
+    return active.sum(1) >= 2
+
+
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     if radius <= 0 or not mask.any():
         return mask.copy()
@@ -278,12 +437,7 @@ def speech_activity(parts: ModelParts, latents: np.ndarray | None, mels: np.ndar
     n = -(-len(mels) // patch_frames)
     if source == "none":
         return np.ones(n, dtype=bool), "none"
-    power = np.exp(np.asarray(mels, dtype=np.float64)).sum(1)  # mel power per 10 ms frame
-    pad = n * patch_frames - len(power)
-    power = np.r_[power, np.full(pad, power[-1])] if pad else power
-    db = 10.0 * np.log10(power.reshape(n, patch_frames).mean(1) + 1e-12)
-    floor = np.percentile(db, config.energy_floor_percentile)
-    return db > floor + config.energy_margin_db, "energy"
+    return _energy_speech(_token_db(mels, n, patch_frames), config), "energy"
 
 
 # --- the diarizer -------------------------------------------------------------------------------
@@ -300,7 +454,8 @@ class Prepared:
         speech: (N,) bool speech per token.
         windows: (W, 2) start/end seconds of the embedded (speech) windows.
         embeddings: (W, E) speaker embeddings of those windows.
-        overlap: (W,) bool, the router sees >= 2 active slots (None: no router or exclusive).
+        overlap: (N,) bool per token, the router sees >= 2 active slots (None: no router or
+            exclusive).
         speech_source: which speech signal was used.
         encode_s: seconds spent encoding + embedding (for the real-time factor).
     """
@@ -362,7 +517,8 @@ class Diarizer:
         """Diarize one recording.
 
         Args:
-            wave: mono float waveform at the front-end's sample rate (16 kHz).
+            wave: mono float waveform at the front-end's sample rate (16 kHz), or a
+                :class:`BlockReader` streaming it (memory then does not grow with its length).
             uri: recording id (the Annotation's uri and the RTTM's file id).
             num_speakers: oracle K (None = blind).
             min_speakers, max_speakers: bounds on the blind estimate.
@@ -374,18 +530,54 @@ class Diarizer:
                             max_speakers=max_speakers).annotation
 
     def prepare(self, wave: np.ndarray, uri: str) -> Prepared:
-        """Encode, detect speech, embed windows and detect overlap (the costly, setting-free part)."""
+        """Encode, detect speech, embed windows and detect overlap (the costly, setting-free part).
+
+        ``wave``: as in :meth:`diarize`. One pass over the recording in encoder chunks (:func:`chunk_log_mel` + encoder + CTC
+        head per chunk); windows are embedded and router blocks routed as soon as their tokens
+        are encoded, so only about one chunk of latents is held at a time.
+        """
         t0 = time.perf_counter()
-        wave = np.asarray(wave, dtype=np.float32).ravel()
-        if wave.size == 0:
+        if not isinstance(wave, BlockReader):
+            wave = np.asarray(wave, dtype=np.float32).ravel()
+        if len(wave) == 0:
             raise EchoError(f"diarize {uri}: empty recording")
-        mels = self.frontend.compute(wave)
-        cfg = self.config
-        latents = encode_long(self.parts.encoder, mels, max(1, round(cfg.chunk_s / self.token_s)),
-                              round(cfg.context_s / self.token_s))
-        speech, source = speech_activity(self.parts, latents, mels, cfg.speech, self.token_s,
-                                         self.parts.encoder.cfg.patch_frames)
-        prep = self.prepare_latents(latents, uri, wave.size / self.frontend.sample_rate, speech)
+        cfg, fe, parts = self.config, self.frontend, self.parts
+        enc, p = parts.encoder, parts.encoder.cfg.patch_frames
+        frames = fe.num_frames(len(wave))
+        n = -(-frames // p)
+        duration = len(wave) / fe.sample_rate
+        chunk, ctx = max(1, round(cfg.chunk_s / self.token_s)), round(cfg.context_s / self.token_s)
+        starts = range(0, n, chunk)
+        ctc = parts.ctc if parts.ctc is not None else parts.ctc_vq
+        source = cfg.speech.source
+        if source == "auto":
+            source = "ctc" if ctc is not None else "energy"
+        if source == "ctc" and ctc is None:
+            raise EchoError("diarize.speech.source: 'ctc' needs a model with a CTC head")
+        speech = None
+        if source == "energy":  # the floor is a percentile of the whole recording: a first, mel-only pass
+            db = np.concatenate([_token_db(chunk_log_mel(fe, wave, c0 * p, min(n, c0 + chunk) * p),
+                                           min(n, c0 + chunk) - c0, p) for c0 in starts])
+            speech = _energy_speech(db, cfg.speech)
+        elif source == "none":
+            speech = np.ones(n, dtype=bool)
+        radius = int(round(cfg.speech.dilation_s / self.token_s))
+        stream = _WindowStream(self, n, duration, speech, radius)
+        dev = parts.device
+        bar = tqdm(starts, desc=f"diarize {uri}", unit="chunk", leave=False,
+                   disable=None if duration >= cfg.progress_s else True)
+        with torch.inference_mode():
+            for c0 in bar:
+                c1 = min(n, c0 + chunk)
+                a, b = max(0, c0 - ctx), min(n, c1 + ctx)
+                mels = torch.from_numpy(chunk_log_mel(fe, wave, a * p, b * p)).to(dev)
+                feats = enc(mels.unsqueeze(0)).features[0, c0 - a: c1 - a]
+                emit = None
+                if source == "ctc":
+                    log_probs = ctc(feats.unsqueeze(0)).log_probs[0]
+                    emit = (1.0 - log_probs[:, 0].exp()).cpu().numpy() >= cfg.speech.ctc_threshold
+                stream.push(feats.float().cpu().numpy(), emit)
+        prep = stream.finish(uri)
         prep.speech_source = source
         prep.encode_s = time.perf_counter() - t0
         return prep
@@ -411,13 +603,9 @@ class Diarizer:
         speech = np.asarray(speech, dtype=bool)
         if speech.shape != (n,):
             raise EchoError(f"diarize {uri}: speech mask has shape {speech.shape}, expected ({n},)")
-        windows = sliding_windows(duration, self.config.windows)
-        spans = self._token_spans(windows, n)
-        share = np.array([speech[a:b].mean() if b > a else 0.0 for a, b in spans])
-        keep = (share >= self.config.speech.min_window_speech) & (share > 0)
-        windows, spans = windows[keep], spans[keep]
-        emb, over = self._embed_windows(lat, speech, spans)
-        return Prepared(uri, duration, self.token_s, speech, windows, emb, over)
+        stream = _WindowStream(self, n, duration, speech, 0)
+        stream.push(lat)
+        return stream.finish(uri)
 
     def cluster(self, prepared: Prepared, vbx: VBxConfig | None = None, num_speakers: int | None = None,
                 min_speakers: int | None = None, max_speakers: int | None = None,
@@ -459,9 +647,8 @@ class Diarizer:
                 clus = vbx_cluster(p.embeddings, self.plda, vbx, ahc, forced)
             post = clus.posteriors
         exclusive = self.config.exclusive if exclusive is None else exclusive
-        second = p.overlap if (p.overlap is not None and not exclusive) else np.zeros(w, dtype=bool)
-        act = assign_overlap(post, second)
-        ann = self._annotate(act, p)
+        over = p.overlap if (p.overlap is not None and not exclusive) else None
+        ann = self._annotate(post, over, p)
         labels = post.argmax(1)
         return DiarizationResult(ann, len(ann.labels()), labels, post, p)
 
@@ -471,32 +658,41 @@ class Diarizer:
         b = np.ceil(windows[:, 1] / self.token_s - 1e-6).astype(np.int64)
         return np.stack([np.clip(a, 0, n), np.clip(np.maximum(b, a + 1), 0, n)], 1).reshape(-1, 2)
 
-    def _embed_windows(self, lat: np.ndarray, speech: np.ndarray, spans: np.ndarray):
-        parts, cfg = self.parts, self.config
-        dev = parts.device
-        use_router = parts.router is not None and not cfg.exclusive
-        embs, overs = [], []
-        for i in range(0, len(spans), cfg.batch_windows):
-            batch = spans[i:i + cfg.batch_windows]
-            length = int((batch[:, 1] - batch[:, 0]).max())
-            x = torch.zeros(len(batch), length, lat.shape[1])
-            tok = torch.zeros(len(batch), length, dtype=torch.bool)
-            sp = torch.zeros(len(batch), length, dtype=torch.bool)
-            for j, (a, b) in enumerate(batch):
-                x[j, : b - a] = torch.from_numpy(lat[a:b])
-                tok[j, : b - a] = True
-                sp[j, : b - a] = torch.from_numpy(speech[a:b])
-            sp = torch.where(sp.any(1, keepdim=True), sp, tok)  # a window without speech pools all tokens
-            x, tok, sp = x.to(dev), tok.to(dev), sp.to(dev)
-            embs.append(parts.speaker(x, sp).float().cpu().numpy())
-            if use_router:
-                logits = parts.router(x, tok).exist_logits
-                overs.append((torch.sigmoid(logits) >= cfg.overlap_threshold).sum(1).cpu().numpy() >= 2)
-        if not embs:
-            return np.zeros((0, 0), np.float32), (np.zeros(0, bool) if use_router else None)
-        return np.concatenate(embs), (np.concatenate(overs) if use_router else None)
+    @torch.inference_mode()
+    def _embed(self, lat: np.ndarray, speech: np.ndarray, spans: np.ndarray) -> np.ndarray:
+        """Speaker-head embeddings of windows ``spans`` (token ranges into ``lat``/``speech``)."""
+        dev = self.parts.device
+        length = int((spans[:, 1] - spans[:, 0]).max())
+        x = torch.zeros(len(spans), length, lat.shape[1])
+        tok = torch.zeros(len(spans), length, dtype=torch.bool)
+        sp = torch.zeros(len(spans), length, dtype=torch.bool)
+        for j, (a, b) in enumerate(spans):
+            x[j, : b - a] = torch.from_numpy(lat[a:b])
+            tok[j, : b - a] = True
+            sp[j, : b - a] = torch.from_numpy(speech[a:b])
+        sp = torch.where(sp.any(1, keepdim=True), sp, tok)  # a window without speech pools all tokens
+        return self.parts.speaker(x.to(dev), sp.to(dev)).float().cpu().numpy()
 
-    def _annotate(self, act: np.ndarray, p: Prepared) -> Annotation:
+    @torch.inference_mode()
+    def _silence(self) -> np.ndarray:
+        """Unit-norm encoder latent of digital silence: what a router slot outputs where its
+        source is silent (slots are trained on the encoder applied to the isolated source)."""
+        if getattr(self, "_silence_latent", None) is None:
+            mels = torch.from_numpy(self.frontend.compute(np.zeros(2 * self.frontend.sample_rate, np.float32)))
+            z = self.parts.encoder(mels.to(self.parts.device).unsqueeze(0)).features[0].float().cpu().numpy()
+            z = z[2:-2].mean(0) if len(z) > 4 else z.mean(0)
+            self._silence_latent = z / max(float(np.linalg.norm(z)), 1e-12)
+        return self._silence_latent
+
+    @torch.inference_mode()
+    def _route(self, blocks: np.ndarray) -> np.ndarray:
+        """``(B, L, D)`` equal-length router blocks -> ``(B, L)`` bool: >= 2 slots active."""
+        cfg = self.config
+        out = self.parts.router(torch.from_numpy(np.ascontiguousarray(blocks)).to(self.parts.device))
+        return slot_overlap(out.slots.float().cpu().numpy(), out.exist_logits.float().cpu().numpy(), self._silence(),
+                            cfg.overlap_threshold, cfg.activity_threshold)
+
+    def _annotate(self, post: np.ndarray, overlap: np.ndarray | None, p: Prepared) -> Annotation:
         n = len(p.speech)
         centres = p.windows.mean(1)
         tok_c = (np.arange(n) + 0.5) * p.token_s
@@ -504,7 +700,9 @@ class Diarizer:
         j = np.clip(np.searchsorted(centres, tok_c), 1, len(centres) - 1) if len(centres) > 1 else np.zeros(n, np.int64)
         if len(centres) > 1:
             j = np.where(np.abs(tok_c - centres[j - 1]) <= np.abs(centres[j] - tok_c), j - 1, j)
-        tok_act = act[j] & p.speech[:, None]
+        # the window's best speaker everywhere, its second one at tokens the router calls overlap
+        second = np.zeros(n, dtype=bool) if overlap is None else np.asarray(overlap, dtype=bool)
+        tok_act = assign_overlap(post[j], second) & p.speech[:, None]
         ann = Annotation(uri=p.uri)
         order = self._label_order(tok_act)
         for new, k in enumerate(order):
@@ -520,6 +718,102 @@ class Diarizer:
     def _label_order(tok_act: np.ndarray) -> list[int]:
         first = [(int(np.argmax(tok_act[:, k])), k) for k in range(tok_act.shape[1]) if tok_act[:, k].any()]
         return [k for _, k in sorted(first)]
+
+
+class _WindowStream:
+    """Consumes a recording's token latents in consecutive blocks and embeds each window (and
+    routes each router block) as soon as its tokens and their speech decisions are in, then drops
+    the latents no pending window or block needs: only about one chunk of latents is held.
+
+    Speech is either given for every token (``speech``), or decided on the way from per-token CTC
+    emissions passed with each block (dilated by ``radius`` tokens, so a token's decision waits
+    for ``radius`` tokens of look-ahead).
+    """
+
+    def __init__(self, diarizer: Diarizer, n: int, duration: float, speech: np.ndarray | None, radius: int):
+        cfg = diarizer.config
+        self.d, self.n, self.duration, self.radius = diarizer, n, duration, radius
+        self.windows = sliding_windows(duration, cfg.windows)
+        self.spans = diarizer._token_spans(self.windows, n)
+        self.emit = None if speech is not None else np.zeros(n, dtype=bool)
+        self.speech = np.asarray(speech, dtype=bool) if speech is not None else np.zeros(n, dtype=bool)
+        self.known = n if speech is not None else 0  # speech decided for tokens < known
+        self.end = 0  # latents received for tokens < end
+        self.buf, self.buf0 = None, 0  # latents of tokens [buf0, end)
+        self.next_win = 0  # windows before this one are decided (kept or skipped)
+        self.pending: list[int] = []  # kept windows not embedded yet
+        self.kept = np.zeros(len(self.spans), dtype=bool)
+        # one array for all windows, allocated once: many small long-lived arrays between the
+        # chunks' large temporaries fragment the heap, and RSS then grows with the recording
+        self.embs: np.ndarray | None = None
+        self.use_router = diarizer.parts.router is not None and not cfg.exclusive
+        self.block = max(1, round(cfg.router_s / diarizer.token_s))
+        self.next_block = 0
+        self.overlap = np.zeros(n, dtype=bool) if self.use_router else None
+
+    def push(self, latents: np.ndarray, emit: np.ndarray | None = None) -> None:
+        """Append the latents (and, without a fixed speech mask, the CTC emissions) of the next tokens."""
+        c0, c1 = self.end, self.end + len(latents)
+        self.buf = latents if self.buf is None else np.concatenate([self.buf, latents])
+        self.end = c1
+        if self.emit is not None:
+            self.emit[c0:c1] = emit
+            new_known = c1 - self.radius if c1 < self.n else self.n
+            if new_known > self.known:
+                self.speech[self.known:new_known] = _dilate_range(self.emit, self.known, new_known, self.radius)
+                self.known = new_known
+        self._advance(final=False)
+
+    def finish(self, uri: str) -> Prepared:
+        if self.end != self.n:
+            raise EchoError(f"diarize {uri}: got latents for {self.end} tokens, expected {self.n}")
+        self._advance(final=True)
+        emb = self.embs[self.kept] if self.embs is not None else np.zeros((0, 0), np.float32)
+        return Prepared(uri, self.duration, self.d.token_s, self.speech, self.windows[self.kept].reshape(-1, 2), emb,
+                        self.overlap)
+
+    def _advance(self, final: bool) -> None:
+        cfg = self.d.config
+        w = len(self.spans)
+        ready = min(self.known, self.end)  # speech decided and latents in
+        while self.next_win < w and self.spans[self.next_win, 1] <= ready:
+            a, b = self.spans[self.next_win]
+            share = self.speech[a:b].mean() if b > a else 0.0
+            if share >= cfg.speech.min_window_speech and share > 0:
+                self.pending.append(self.next_win)
+            self.next_win += 1
+        while len(self.pending) >= cfg.batch_windows or (final and self.pending):
+            batch, self.pending = self.pending[:cfg.batch_windows], self.pending[cfg.batch_windows:]
+            emb = self.d._embed(self.buf, self.speech[self.buf0:], self.spans[batch] - self.buf0)
+            if self.embs is None:
+                self.embs = np.empty((len(self.spans), emb.shape[1]), dtype=np.float32)
+            self.embs[batch] = emb
+            self.kept[batch] = True
+        if self.use_router:  # blocks without a speech token are skipped: overlap only matters on speech
+            full = (ready - self.next_block) // self.block
+            if full:
+                starts = self.next_block + self.block * np.arange(full)
+                live = [a for a in starts if self.speech[a:a + self.block].any()]
+                if live:
+                    blocks = np.stack([self.buf[a - self.buf0: a - self.buf0 + self.block] for a in live])
+                    for a, flags in zip(live, self.d._route(blocks)):
+                        self.overlap[a:a + self.block] = flags
+                self.next_block += full * self.block
+            if final and self.next_block < self.n:  # the shorter last block
+                if self.speech[self.next_block:].any():
+                    self.overlap[self.next_block:] = self.d._route(self.buf[self.next_block - self.buf0:][None])[0]
+                self.next_block = self.n
+        need = [self.end]
+        if self.pending:
+            need.append(int(self.spans[self.pending[0], 0]))
+        elif self.next_win < w:
+            need.append(int(self.spans[self.next_win, 0]))
+        if self.use_router:
+            need.append(self.next_block)
+        start = min(need)
+        if start > self.buf0:
+            self.buf = self.buf[start - self.buf0:]
+            self.buf0 = start
 
 
 # --- back end fitting ---------------------------------------------------------------------------

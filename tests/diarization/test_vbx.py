@@ -122,3 +122,43 @@ def test_config_validation():
         VBxConfig(loopP=1.0)
     with pytest.raises(ConfigError, match="vbx.Fb"):
         VBxConfig(Fb=0)
+
+
+def test_vbx_transition_fast_path_matches_the_general_forward_backward():
+    from echo.diarization.vbx import _forward_backward_jump
+
+    rng = np.random.default_rng(7)
+    ll = rng.normal(size=(50, 6)) * 4
+    pi = rng.dirichlet(np.ones(6))
+    loop = 0.9
+    want = forward_backward(ll, loop * np.eye(6) + (1 - loop) * pi[None, :], pi)
+    got = _forward_backward_jump(ll, pi, loop)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("metric,threshold", [("cosine", 0.8), ("plda", 0.0)])
+def test_capped_ahc_initialisation_still_finds_the_speakers(plda, metric, threshold):
+    emb, ref = _recording(3, seed=21)
+    assert len(ref) > 120
+    ahc = AHCConfig(metric=metric, threshold=threshold, max_windows=40)
+    out = vbx_cluster(emb, plda, VBxConfig(dim=64), ahc)
+    assert out.posteriors.shape[0] == len(ref)  # every window has a posterior
+    assert out.num_speakers == 3 and _accuracy(ref, out.labels) == 1.0
+    oracle = vbx_cluster(emb, plda, VBxConfig(dim=64), ahc, num_speakers=3)
+    assert oracle.num_speakers == 3 and _accuracy(ref, oracle.labels) == 1.0
+
+
+def test_vbx_memory_grows_linearly_with_the_windows(plda):
+    import tracemalloc
+
+    emb, _ = _recording(3, seed=9)
+    rng = np.random.default_rng(0)
+    peaks = []
+    for reps in (12, 48):  # ~2,000 and ~8,000 windows
+        x = np.tile(emb, (reps, 1)) + 0.05 * rng.normal(size=(reps * len(emb), D))
+        tracemalloc.start()
+        vbx_cluster(x, plda, VBxConfig(dim=64, max_iters=2), AHCConfig(threshold=0.8, max_windows=300))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 5.0 * peaks[0]  # x4 windows: linear ~4, a T x T matrix would be ~16

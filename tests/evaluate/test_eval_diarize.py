@@ -256,3 +256,157 @@ def test_config_round_trips_through_json_for_the_cli():
     cfg = dataclasses.replace(CFG, exclusive=False, speech=SpeechConfig(source="energy"))
     back = build(DiarizerConfig, json.loads(json.dumps(dataclasses.asdict(cfg))), "diarizer.json")
     assert back == cfg
+
+
+# --- long recordings: chunked log-mel, streamed windows, router blocks ---------------------------
+
+
+def test_chunk_log_mel_equals_the_whole_recordings_frames():
+    from echo.evaluate.diarize import chunk_log_mel
+
+    fe = FrontEnd()
+    rng = np.random.default_rng(0)
+    wave = (0.1 * rng.standard_normal(16000 * 3 + 123)).astype(np.float32)  # not a whole number of hops
+    whole = fe.compute(wave)
+    t = len(whole)
+    for f0, f1 in [(0, 37), (5, 120), (100, t), (t - 3, t + 10), (0, t), (1, 2), (150, 151)]:
+        got = chunk_log_mel(fe, wave, f0, f1)
+        assert got.shape == (min(f1, t) - f0, 80)
+        np.testing.assert_allclose(got, whole[f0:min(f1, t)], rtol=0, atol=1e-5)  # both edges' padding included
+
+
+@pytest.mark.parametrize("source", ["ctc", "energy", "none"])
+def test_streamed_prepare_equals_the_whole_recording_pass(backend, source):
+    # the one-pass diarizer (chunked log-mel, windows embedded as chunks arrive, router blocks)
+    # gives what the whole-recording log-mel + encode_long + prepare_latents gives
+    parts, plda = backend
+    # thresholds where the random router's overlap flags are mixed (neither all nor none)
+    cfg = dataclasses.replace(CFG, exclusive=False, chunk_s=1.0, context_s=0.4, batch_windows=5,
+                              overlap_threshold=0.01, activity_threshold=0.9, speech=SpeechConfig(source=source))
+    d = Diarizer(parts, plda, cfg)
+    wave, _ = _conversation_audio(4, 2)
+    got = d.prepare(wave, "s")
+    mels = d.frontend.compute(wave)
+    lat = encode_long(parts.encoder, mels, 25, 10)
+    speech, used = speech_activity(parts, lat, mels, cfg.speech, TOKEN_S, 4)
+    want = d.prepare_latents(lat, "s", len(wave) / 16000, speech)
+    assert got.speech_source == used == source
+    np.testing.assert_array_equal(got.speech, want.speech)
+    np.testing.assert_array_equal(got.windows, want.windows)
+    assert len(got.windows) > 10
+    np.testing.assert_allclose(got.embeddings, want.embeddings, atol=1e-4)
+    np.testing.assert_array_equal(got.overlap, want.overlap)
+    assert 0 < got.overlap.mean() < 1
+
+
+def test_window_stream_holds_about_one_chunk_of_latents(backend):
+    from echo.evaluate.diarize import _WindowStream
+
+    parts, plda = backend
+    d = Diarizer(parts, plda, dataclasses.replace(CFG, exclusive=False, batch_windows=8))
+    lat, speech, _, _ = conversation_latents([(0, 20), (1, 20), (2, 20)])
+    emit = speech.copy()
+    emit[::3] = False  # CTC-like spikes: the stream must dilate them exactly as the whole-array path
+    whole = _WindowStream(d, len(lat), len(lat) * TOKEN_S, None, 2)
+    whole.push(lat, emit)
+    want = whole.finish("w")
+    s = _WindowStream(d, len(lat), len(lat) * TOKEN_S, None, 2)
+    held = 0
+    for a in range(0, len(lat), 50):
+        s.push(lat[a:a + 50], emit[a:a + 50])
+        held = max(held, len(s.buf))
+    got = s.finish("w")
+    np.testing.assert_array_equal(got.speech, want.speech)
+    np.testing.assert_array_equal(got.windows, want.windows)
+    np.testing.assert_allclose(got.embeddings, want.embeddings, atol=1e-5)
+    np.testing.assert_array_equal(got.overlap, want.overlap)
+    # 1500 tokens went through; never more than a block + the pending windows (8 x 0.25 s + 1.5 s) + a router block
+    assert len(lat) == 1500 and held <= 50 + 8 * 7 + 38 + 100
+
+
+def test_router_runs_on_4s_blocks_and_marks_tokens_where_two_slots_are_active(backend):
+    parts, plda = backend
+    d = Diarizer(parts, plda, dataclasses.replace(CFG, exclusive=False))
+    rt = parts.router
+    lengths = []
+    hook = rt.register_forward_hook(lambda m, args, out: lengths.append(tuple(args[0].shape)))
+    saved = {k: v.clone() for k, v in rt.state_dict().items()}
+    try:
+        with torch.no_grad():  # every slot exists and outputs the mixture latent itself (residual path)
+            rt.out_proj.weight.zero_()
+            rt.out_proj.bias.zero_()
+            rt.exist[1].weight.zero_()
+            rt.exist[1].bias.fill_(20.0)
+        sil = d._silence()
+        lat, speech, _, _ = conversation_latents([(0, 3), (None, 2.2), (1, 4)])  # 230 tokens
+        quiet = ~speech
+        lat[quiet] = 5.0 * sil  # silent tokens carry the encoder's silence latent
+        prep = d.prepare_latents(lat, "r", speech=np.ones(len(lat), bool))
+        # non-overlapping blocks of 100 tokens (4 s), the last one shorter, in as few calls as possible
+        assert sum(b * t for b, t, _ in lengths) == 230 and {t for _, t, _ in lengths} == {100, 30}
+        # every slot active exactly where the mixture is not silence
+        np.testing.assert_array_equal(prep.overlap, speech)
+        # a block without speech tokens is not routed (its overlap could not show in the output)
+        lengths.clear()
+        gap = np.ones(len(lat), bool)
+        gap[100:200] = False
+        skip = d.prepare_latents(lat, "r", speech=gap)
+        assert sum(b * t for b, t, _ in lengths) == 130 and not skip.overlap[100:200].any()
+        np.testing.assert_array_equal(skip.overlap[:100], speech[:100])
+        # exclusive: the router never runs
+        lengths.clear()
+        ex = Diarizer(parts, plda, CFG).prepare_latents(lat, "r", speech=speech)
+        assert ex.overlap is None and lengths == []
+    finally:
+        hook.remove()
+        rt.load_state_dict(saved)
+
+
+def test_slot_overlap_marks_where_two_constructed_sources_are_active():
+    from echo.evaluate.diarize import slot_overlap
+
+    rng = np.random.default_rng(0)
+    sil, a, b, c = rng.standard_normal((4, 32))
+    slots = np.tile(sil, (1, 3, 100, 1))  # one block, 3 slots, 100 tokens, all silent
+    slots[0, 0, 10:60] = a + 0.1 * rng.standard_normal((50, 32))   # source A: tokens 10-59
+    slots[0, 1, 40:90] = b + 0.1 * rng.standard_normal((50, 32))   # source B: tokens 40-89
+    slots[0, 2, 0:100] = c                                         # a slot that does not exist
+    logits = np.array([[5.0, 5.0, -5.0]])
+    want = np.zeros(100, bool)
+    want[40:60] = True
+    np.testing.assert_array_equal(slot_overlap(slots, logits, sil)[0], want)
+    # the third slot counts once it exists: overlap wherever A or B speaks
+    both = slot_overlap(slots, np.array([[5.0, 5.0, 5.0]]), sil)[0]
+    assert both[10:90].all() and not both[:10].any() and not both[90:].any()
+
+
+def test_block_reader_slices_like_the_array_and_restarts_for_a_new_pass():
+    from echo.evaluate.diarize import BlockReader
+
+    x = np.arange(1000, dtype=np.float32)
+    blocks = lambda: (x[i:i + 64] for i in range(0, 1000, 64))  # noqa: E731
+    r = BlockReader(blocks, 1000)
+    for lo, hi in [(0, 10), (5, 300), (290, 291), (400, 1200), (999, 1000)]:
+        np.testing.assert_array_equal(r[lo:hi], x[lo:min(hi, 1000)])
+    assert r.passes == 1 and len(r._buf) <= 64 + 1  # only the block under the last read is held
+    np.testing.assert_array_equal(r[0:3], x[:3])  # going back: a new pass over the blocks
+    assert r.passes == 2
+    with pytest.raises(EchoError, match="blocks end at sample 1000"):
+        BlockReader(blocks, 1001)[900:1001]
+
+
+@pytest.mark.parametrize("source,passes", [("energy", 2), ("ctc", 1)])
+def test_streamed_audio_diarizes_like_the_array(backend, source, passes):
+    from echo.evaluate.diarize import BlockReader
+
+    parts, plda = backend
+    d = Diarizer(parts, plda, dataclasses.replace(CFG, exclusive=False, chunk_s=1.0, context_s=0.4,
+                                                  speech=SpeechConfig(source=source)))
+    wave, _ = _conversation_audio(5, 2)
+    reader = BlockReader(lambda: (wave[i:i + 7000] for i in range(0, len(wave), 7000)), len(wave))
+    got, want = d.prepare(reader, "a"), d.prepare(wave, "a")
+    assert reader.passes == passes
+    np.testing.assert_array_equal(got.speech, want.speech)
+    np.testing.assert_array_equal(got.windows, want.windows)
+    np.testing.assert_array_equal(got.embeddings, want.embeddings)
+    np.testing.assert_array_equal(got.overlap, want.overlap)

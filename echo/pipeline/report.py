@@ -102,6 +102,11 @@ def evaluation_sections(results: Path) -> tuple[list[str], dict]:
              sec.confusion_table(diar["blind"], "count", "Speaker-count confusion, test conversations (rows: true K)"),
              sec.separation_by_k_table(sep),
              sec.confusion_table(sep, "count", "Speaker-count confusion, test mixtures (rows: true K)")]
+    if Path("models/pretrain/curves.parquet").exists():
+        text, m = pretraining_section(Path("models/pretrain/curves.parquet"), abil.get("pretrain"))
+        parts.append(text)
+    else:
+        m = {}
     rows = {ABLATION_ROWS[k]: v for k, v in abil.items() if v is not None}
     parts.append(sec.ablation_table(rows))
     tuning = _load(results / "diarization_tuning.json")
@@ -115,10 +120,34 @@ def evaluation_sections(results: Path) -> tuple[list[str], dict]:
         "count_accuracy_mixtures": sep["count_accuracy"], "pit_accuracy": sep["pit_accuracy"],
         "latent_si_sdr": sep["si_sdr"], "latent_si_sdri": sep["si_sdri"],
         "der_blind_by_k": {str(k): v["der"] for k, v in diar["blind"]["primary"].get("by_k", {}).items()},
+        "pretrain": m,
         "abilities": {st: {k: v for k, v in (a or {}).items() if isinstance(v, (int, float))}
                       for st, a in abil.items()},
     }
     return parts, metrics
+
+
+def pretraining_section(curves_path: Path, abil: dict | None) -> tuple[str, dict]:
+    """JEPA pretraining: loss, representation health and what a k-NN probe finds in the frozen latent."""
+    import pandas as pd
+
+    c = pd.read_parquet(curves_path)
+    first, last = c.iloc[0], c.iloc[-1]
+    rows = [["JEPA loss (smooth-L1)", float(first["loss"]), float(last["loss"])],
+            ["target feature std (mean over dims)", float(first["feat_std"]), float(last["feat_std"])],
+            ["target effective rank (of 512)", float(first["eff_rank"]), float(last["eff_rank"])]]
+    m = {"loss_final": float(last["loss"]), "eff_rank_final": float(last["eff_rank"]),
+         "feat_std_final": float(last["feat_std"]), "steps": int(last["step"]),
+         "tokens_per_s_median": float(c["tokens_per_s"].median())}
+    probe = ""
+    if abil:
+        probe = (f"k-NN probes on the frozen pretrained latent (test speakers): speaker ID "
+                 f"{100 * abil['latent_speaker_id_acc']:.1f}%, frame phone accuracy {100 * abil['latent_phone_acc']:.1f}%; "
+                 "the stage ablation below shows what specialisation adds.")
+    return "\n".join(["## JEPA pretraining", "",
+                       _table(["quantity", f"step {int(first['step'])}", f"step {int(last['step'])}"], rows), "",
+                       f"Median throughput {m['tokens_per_s_median']:.0f} tokens/s "
+                       f"({m['tokens_per_s_median'] * 0.04:.0f} s of audio per s). {probe}", ""]), m
 
 
 def training_curves_figure(path: Path) -> None:

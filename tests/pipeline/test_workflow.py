@@ -93,3 +93,38 @@ def test_dvc_versions_and_repro_reruns_only_affected(project):
     # both tools agree again: snakemake sees nothing to do after dvc rebuilt with the same commands
     after = _sh(["dvc", "status"], project)
     assert "changed" not in after.stdout
+
+
+def test_mlflow_ui_serves_the_runs(project):
+    """`mlflow ui` as the README runs it, on loopback, lists the workflow's runs."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bindir = str(Path(sys.executable).parent)
+    env = {**ENV, "PATH": bindir + os.pathsep + ENV.get("PATH", "")}
+    proc = subprocess.Popen(["mlflow", "ui", "--backend-store-uri", "sqlite:///mlflow.db", "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=project, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=echo"
+        body = None
+        for _ in range(120):  # bounded: at most ~60 s for the server to start
+            try:
+                body = json.loads(urllib.request.urlopen(url, timeout=2).read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "mlflow ui did not answer"
+        exp_id = body["experiment"]["experiment_id"]
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search",
+                                     data=json.dumps({"experiment_ids": [exp_id], "max_results": 100}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        runs = json.loads(urllib.request.urlopen(req, timeout=10).read())["runs"]
+        assert {n.name for n in nodes()} <= {r["info"]["run_name"] for r in runs}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -49,7 +49,13 @@ def test_two_process_replicas_stay_identical_and_match_one_process(tmp_path):
 
     from echo.train.pretrain import JEPATrainer
 
-    single = JEPATrainer(tiny_config(steps=4, batch_size=8), ENC, tiny_arrays(), tmp_path / "single")
-    single.train()
+    # same thread count as the workers (OMP_NUM_THREADS=1): float sums then group the same way
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = JEPATrainer(tiny_config(steps=4, batch_size=8), ENC, tiny_arrays(), tmp_path / "single")
+        single.train()
+    finally:
+        torch.set_num_threads(threads)
     for k, v in single.model.state_dict().items():
         torch.testing.assert_close(r0["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)

@@ -34,16 +34,19 @@ def _table(header: list[str], rows: list[list]) -> str:
 def header_section(raw: dict, timings_dir: Path) -> str:
     timings = [json.loads(p.read_text()) for p in sorted(timings_dir.glob("*.json"))] if timings_dir.exists() else []
     devices = sorted({t["device"].split(",")[0] for t in timings})
+    commits = sorted({(t.get("git_commit") or "none")[:12] for t in timings})
     out = ["# Echo results", "",
-           f"- commit: `{git_commit() or 'no git checkout'}`",
+           f"- commit: `{git_commit() or 'no git checkout'}` (tables); nodes ran at {', '.join(f'`{c}`' for c in commits) or 'n/a'}"
+           " (per node below)",
            f"- params: profile `{raw.get('profile')}`, params hash `{params_hash(raw)}`",
            f"- generated: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {platform.node() or 'unknown host'}",
            f"- device(s): {', '.join(devices) if devices else 'unknown'}",
            f"- total node wall time: {sum(t['wall_s'] for t in timings) / 60:.1f} min", ""]
     if timings:
         out += ["<details><summary>Wall time and peak memory per node</summary>", "",
-                _table(["node", "wall (s)", "peak RSS (MB)", "device"],
-                       [[t["node"], t["wall_s"], t["peak_rss_mb"], t["device"]] for t in timings]),
+                _table(["node", "wall (s)", "peak RSS (MB)", "device", "commit"],
+                       [[t["node"], t["wall_s"], t["peak_rss_mb"], t["device"], (t.get("git_commit") or "none")[:12]]
+                        for t in timings]),
                 "", "</details>", ""]
     return "\n".join(out)
 

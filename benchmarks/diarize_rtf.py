@@ -153,12 +153,11 @@ def stage_breakdown(bundle: Path, wave: np.ndarray, threads: int, device: str) -
     """Seconds per stage of one in-process diarization (encoder, heads by forward hooks)."""
     import torch
 
-    from echo.cli import diarizer_config, load_model, load_plda
-    from echo.evaluate.diarize import Diarizer
+    from echo.cli import load_diarizer, load_model
 
     torch.set_num_threads(threads)
     model = load_model(bundle, device)
-    d = Diarizer(model, load_plda(bundle), diarizer_config(bundle), frontend=model.frontend)
+    d = load_diarizer(bundle, model)
     spent: dict[str, float] = {}
     started: dict[str, float] = {}
     modules = {"encoder": model.encoder, "ctc head": model.ctc, "speaker head": model.speaker, "router": model.router}

@@ -284,16 +284,30 @@ def _check_speaker_counts(args: argparse.Namespace) -> None:
 
 
 def _make_diarizer(session: _Session, args: argparse.Namespace):
+    overrides = {}
+    if args.exclusive:
+        overrides["exclusive"] = True
+    if args.chunk_seconds is not None:
+        overrides["chunk_s"] = args.chunk_seconds
+    return load_diarizer(session.path, session.model, **overrides)
+
+
+def load_diarizer(path: Path, model, **overrides):
+    """The deployed diarizer of a bundle directory: its model, PLDA back end and evaluated settings.
+
+    Args:
+        path: bundle directory (``plda.npz`` and ``diarizer.json`` beside the weights).
+        model: the bundle, already loaded (on the wanted device).
+        overrides: :class:`~echo.evaluate.diarize.DiarizerConfig` fields to change (e.g. ``exclusive``).
+    """
     import dataclasses
 
     from echo.evaluate.diarize import Diarizer
 
-    cfg = diarizer_config(session.path)
-    if args.exclusive:
-        cfg = dataclasses.replace(cfg, exclusive=True)
-    if args.chunk_seconds is not None:
-        cfg = dataclasses.replace(cfg, chunk_s=args.chunk_seconds)
-    return Diarizer(session.model, load_plda(session.path), cfg, frontend=session.model.frontend)
+    cfg = diarizer_config(path)
+    if overrides:
+        cfg = dataclasses.replace(cfg, **overrides)
+    return Diarizer(model, load_plda(path), cfg, frontend=model.frontend)
 
 
 def diarizer_config(path: Path):

@@ -277,7 +277,7 @@ def abilities_from_views(views: Views, config: AbilityConfig = AbilityConfig()) 
 
 
 def measure_abilities(model: Any, cache, config: AbilityConfig = AbilityConfig(),
-                      references: Mapping[str, str] | None = None) -> dict:
+                      references: Mapping[str, str] | None = None, views: Views | None = None) -> dict:
     """All ability numbers of one model on the TEST split, as one flat dict.
 
     Args:
@@ -286,6 +286,8 @@ def measure_abilities(model: Any, cache, config: AbilityConfig = AbilityConfig()
         config: :class:`AbilityConfig`.
         references: utterance id -> space-separated reference phones (the manifest's
             ``phonemes`` column) for PER; default: phone runs of the cache's frame alignment.
+        views: :func:`extract_views` of the same model, cache and config, when the caller already
+            has them (e.g. to also plot the latent); None extracts them here.
 
     Returns:
         :func:`abilities_from_views`'s keys plus ``per``/``per_ci_low``/``per_ci_high`` and
@@ -295,7 +297,8 @@ def measure_abilities(model: Any, cache, config: AbilityConfig = AbilityConfig()
     """
     t0 = time.perf_counter()
     parts = model_parts(model)
-    views = extract_views(parts, cache, config)
+    if views is None:
+        views = extract_views(parts, cache, config)
     out = abilities_from_views(views, config)
     for name, key in (("ctc", "per"), ("ctc_vq", "per_vq")):
         r = _per(views.hyps[name], cache, references, config.bootstrap) if name in views.hyps else \

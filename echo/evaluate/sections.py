@@ -19,7 +19,7 @@ import numpy as np
 
 from echo.metrics.bootstrap import mean_std
 
-__all__ = ["PAPER", "TARGETS", "format_cell", "status", "main_table", "diarization_by_k_table",
+__all__ = ["PAPER", "TARGETS", "markdown_table", "format_cell", "status", "main_table", "diarization_by_k_table",
            "separation_by_k_table", "confusion_table", "ablation_table", "tuning_table"]
 
 # The paper's published numbers (anchors.md), for the comparison column only.
@@ -120,7 +120,8 @@ def _target_text(target: tuple[str, float] | None, unit: str) -> str:
     return f"{'≤' if target[0] == '<=' else '≥'} {target[1]:g}{unit}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-markdown table of already formatted cells."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
@@ -177,7 +178,7 @@ def main_table(diarization: Result = None, separation: Result = None, abilities:
     note = _note(next((r for r in (D, S, A) if r is not None), None))
     return "\n".join([
         "## Main results", "",
-        _table(["metric", "this run", "paper", "target", "status"], rows), "",
+        markdown_table(["metric", "this run", "paper", "target", "status"], rows), "",
         f"{note} Paper = the published Echo numbers; targets from the project issue. DER primary: "
         "collar 0, overlap scored; definitions in docs/metrics.md.", ""])
 
@@ -217,7 +218,7 @@ def diarization_by_k_table(diarization: Result, title: str = "Diarization by num
     cond = D.get("condition", "blind") if isinstance(D, Mapping) else (D[0].get("condition", "blind") if D else "blind")
     return "\n".join([
         f"## {title} ({cond})", "",
-        _table(["K", "recordings", "DER primary (%)", "DER secondary (%)", "JER (%)", "missed (%)", "false alarm (%)",
+        markdown_table(["K", "recordings", "DER primary (%)", "DER secondary (%)", "JER (%)", "missed (%)", "false alarm (%)",
                 "confusion (%)", "count acc. (%)", "target", "status"], rows), "",
         f"{_note(D)} Error components are shares of reference speech (primary condition).", ""])
 
@@ -238,7 +239,7 @@ def separation_by_k_table(separation: Result, title: str = "Routing / separation
                      format_cell(S, pre + "si_sdri", 1, ci=pre + "si_sdri_ci", sign=True)])
     return "\n".join([
         f"## {title}", "",
-        _table(["K", "mixtures", "count acc. (%)", "PIT acc. (%)", "latent SI-SDR (dB)", "latent SI-SDRi (dB)"], rows), "",
+        markdown_table(["K", "mixtures", "count acc. (%)", "PIT acc. (%)", "latent SI-SDR (dB)", "latent SI-SDRi (dB)"], rows), "",
         f"{_note(S)} SI-SDR(i) averages matched sources; targets: count ≥ 99 %, PIT ≥ 99 %, SI-SDRi ≥ 10 dB.", ""])
 
 
@@ -249,7 +250,7 @@ def confusion_table(result: Mapping | None, path: str = "count", title: str = "S
         return f"### {title}\n\nn/a\n"
     labels = c["labels"]
     rows = [[f"K={t}"] + [str(v) for v in c["confusion"][i]] for i, t in enumerate(labels)]
-    return "\n".join([f"### {title}", "", _table(["true \\ estimated"] + [str(v) for v in labels], rows), ""])
+    return "\n".join([f"### {title}", "", markdown_table(["true \\ estimated"] + [str(v) for v in labels], rows), ""])
 
 
 _ABLATION = [
@@ -286,7 +287,7 @@ def ablation_table(stages: Mapping[str, Result], title: str = "Stage ablation (a
     first = next(iter(stages.values()), None)
     return "\n".join([
         f"## {title}", "",
-        _table(["stage"] + [c[0] for c in cols], rows), "",
+        markdown_table(["stage"] + [c[0] for c in cols], rows), "",
         f"{_note(first)} Views (docs/metrics.md): speaker view = speaker head, content view = CTC head's frame "
         "representation, each falling back to the shared latent when the stage has no such head (the "
         "pretrained row therefore has gap 0 by construction and its information is the latent probes).", ""])
@@ -301,5 +302,5 @@ def tuning_table(rows: Sequence[Mapping], title: str = "VBx tuning on dev conver
              {True: "yes", False: "no"}.get(r.get("exclusive"), "n/a"),
              f"{100 * r['der']:.2f}", f"{100 * r['count_accuracy']:.1f}"] for r in best]
     return "\n".join([f"### {title}", "",
-                      _table(["Fa", "Fb", "loopP", "AHC threshold", "exclusive", "dev DER (%)", "dev count acc. (%)"], body),
+                      markdown_table(["Fa", "Fb", "loopP", "AHC threshold", "exclusive", "dev DER (%)", "dev count acc. (%)"], body),
                       "", f"{len(rows)} grid points; the first row is the one used on test.", ""])

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Node", "SPLITS", "nodes", "node", "STAGES"]
+__all__ = ["Node", "SPLITS", "nodes", "node"]
 
 SPLITS = ("train", "dev", "test")
 SIMULATED = {"conversations": ("dev", "test"), "mixtures": ("train", "dev", "test")}
 STAGE_HEADS = {"speaker": ("speaker", "pooling", "arcface"), "phonetic": ("ctc", "vq"),
                "routing": ("router", "pit")}
-STAGES = ("corpus", "features", "simulation", "pretrain", "probe", "report")
 
 
 @dataclass(frozen=True)

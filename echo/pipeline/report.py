@@ -1,7 +1,8 @@
 """results/tables.md and results/metrics.json from the JSON results the nodes wrote.
 
 Every number here was read from a file a node produced in this run; nothing is typed in, except the
-paper's published figures (``PAPER``) shown beside ours for comparison.
+paper's published figures and the project targets (``echo.evaluate.sections.PAPER``/``TARGETS``)
+shown beside ours for comparison.
 """
 from __future__ import annotations
 
@@ -13,22 +14,16 @@ from pathlib import Path
 from echo.config import params_hash
 from echo.tracking import git_commit
 
-# The paper's published numbers (../shared/notes/anchors.md), for the comparison column only.
-PAPER = {"der_blind": 15.00, "pit_accuracy": 97.80, "latent_si_sdr": 9.52, "factorisation_gap": 53.50}
-
 
 def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
 def _table(header: list[str], rows: list[list]) -> str:
-    def fmt(v):
-        if isinstance(v, float):
-            return f"{v:.2f}"
-        return str(v)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines)
+    """:func:`~echo.evaluate.sections.markdown_table` of raw values (floats to 2 decimals)."""
+    from echo.evaluate.sections import markdown_table
+
+    return markdown_table(header, [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in r] for r in rows])
 
 
 def header_section(raw: dict, timings_dir: Path) -> str:

@@ -82,7 +82,6 @@ def simulate(node, raw, run):
     """Simulated conversations (diarization) or mixtures (routing) of one split, with statistics."""
     import shutil
 
-    from echo.config import params_slice
     from echo.corpus import manifest as mf
     from echo.io import atomic_path
 
@@ -130,10 +129,10 @@ def _work_dir(name: str, raw: dict, keys: tuple[str, ...], inputs: tuple[str, ..
     return d
 
 
-def _device(pref: str = "auto") -> str:
+def _device() -> str:
     import torch
 
-    return "cuda" if pref == "auto" and torch.cuda.is_available() else ("cpu" if pref == "auto" else pref)
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def pretrain(node, raw, run):
@@ -220,8 +219,7 @@ def stage(node, raw, run):
                             Path("data/sim/mixtures/dev"), train, work, logger, _device(),
                             pretrained_encoder=Path("models/pretrain/encoder.pt"), dev_cache=dev)
     _copy_outputs(work, node.outs[0], STAGE_OUTPUTS)
-    summary = json.loads((work / "summary.json").read_text())
-    return {"artifacts": {"summary": work / "summary.json"}} if summary else {}
+    return {"artifacts": {"summary": work / "summary.json"}}
 
 
 def _load_model(path: Path):
@@ -242,7 +240,7 @@ def _load_model(path: Path):
 def abilities(node, raw, run):
     """Speaker / phonetic / factorisation abilities of one stage's model on TEST speakers (ablation row)."""
     from echo.corpus import manifest as mf
-    from echo.evaluate.abilities import measure_abilities
+    from echo.evaluate.abilities import extract_views, measure_abilities
     from echo.features import FeatureCache
 
     model = _load_model(Path(node.deps[0]))
@@ -250,14 +248,13 @@ def abilities(node, raw, run):
     man = mf.read(Path(node.deps[2]) / "manifest.parquet", split="test")
     refs = {u: p for u, p in zip(man["utt_id"], man["phonemes"]) if p}
     cfg = load_section(raw, "evaluation.abilities")
-    out = measure_abilities(model, test, cfg, references=refs or None)
+    v = extract_views(model, test, cfg)
+    out = measure_abilities(model, test, cfg, references=refs or None, views=v)
     out["stage"] = dict(node.wildcards)["stage"]
     write_json(node.metrics[0], out)
     if node.outs:  # the final model: a 2-D map of its shared latent, by speaker and by phone
-        from echo.evaluate.abilities import extract_views
         from echo.evaluate.figures import plot_latent_map
 
-        v = extract_views(model, test, cfg)
         phones = [test.inventory[int(i)] if isinstance(i, (int, np.integer)) else str(i) for i in v.frame_phones]
         plot_latent_map(v.latent_frames, [str(x) for x in v.frame_speakers], phones, node.outs[0],
                         title="shared latent of the final encoder (test speakers)")
@@ -292,28 +289,20 @@ def backend(node, raw, run):
         run.log_metrics({"dev_der_best": min(r["der"] for r in rows)} if rows and "der" in rows[0] else {})
 
 
-def _diarizer(model_dir: Path):
-    from echo.cli import diarizer_config, load_plda
-    from echo.evaluate.diarize import Diarizer
-    from echo.models.bundle import EchoModel
-
-    model = EchoModel.load(model_dir)
-    return Diarizer(model, load_plda(model_dir), diarizer_config(model_dir),
-                    frontend=model.frontend)
-
-
 def diarization(node, raw, run):
     """Blind diarization of the TEST conversations (K never given): DER/JER by K with CIs, RTTMs, figures."""
-    from echo.evaluate.diarize import evaluate_diarization
+    from echo.cli import load_diarizer
+    from echo.evaluate.diarize import evaluate_conditions
     from echo.evaluate.figures import plot_der_by_k, plot_timeline
     from echo.metrics.der import write_rttm
+    from echo.models.bundle import EchoModel
     from echo.simulate.conversations import ConversationSet
 
-    diarizer = _diarizer(Path(node.deps[0]))
+    # the same construction as `python -m echo diarize`, so the CLI reproduces these numbers
+    diarizer = load_diarizer(Path(node.deps[0]), EchoModel.load(node.deps[0]))
     convs = ConversationSet(node.deps[1])
     boot = load_section(raw, "evaluation.bootstrap")
-    summary, hyps = evaluate_diarization(diarizer, convs, oracle=False, bootstrap=boot)
-    oracle, _ = evaluate_diarization(diarizer, convs, oracle=True, bootstrap=boot)
+    (summary, hyps), (oracle, _) = evaluate_conditions(diarizer, convs, (False, True), bootstrap=boot)
     write_rttm(node.outs[0], hyps)
     write_json(node.metrics[0], {"blind": summary, "oracle": oracle})
     plot_der_by_k(summary, node.outs[1])
@@ -332,7 +321,7 @@ def separation(node, raw, run):
     from echo.simulate.mixtures import MixtureSet
 
     model = EchoModel.load(Path(node.deps[0]) / "bundle")
-    target_src = model.meta.get("routing_target", "stage2") if hasattr(model, "meta") else "stage2"
+    target_src = model.meta.get("routing_target", "stage2")
     target = (_load_model(Path("models/pretrain/encoder.pt")) if target_src == "pretrain"
               else EchoModel.load(Path(node.deps[1]) / "bundle").encoder)
     out = evaluate_routing(model, MixtureSet(node.deps[2]), target_encoder=target,

@@ -113,3 +113,14 @@ def test_bundle_with_vq_head_reports_both_pers(cache):
     assert out["has_vq_head"] == 1 and out["has_router"] == 1
     assert 0.0 <= out["per"] and 0.0 <= out["per_vq"]  # both decoded (insertions can exceed 1)
     assert np.isfinite(out["factorisation_gap"])
+
+
+def test_precomputed_views_give_the_same_numbers(cache):
+    parts = tiny_parts()
+    refs = {f"s{s}u{u}": "sil a b a" for s in range(4) for u in range(3)}
+    fresh = measure_abilities(parts, cache, CFG, references=refs)
+    given = measure_abilities(parts, cache, CFG, references=refs, views=extract_views(parts, cache, CFG))
+    fresh.pop("wall_s"), given.pop("wall_s")
+    assert given.keys() == fresh.keys()
+    for k, v in fresh.items():
+        assert given[k] == v or (np.isnan(v) and np.isnan(given[k])), k

@@ -11,7 +11,7 @@ from eval_fixtures import TOKEN_S, conversation_latents, tiny_parts, training_la
 from echo.diarization.ahc import AHCConfig
 from echo.errors import ConfigError, EchoError
 from echo.evaluate.diarize import (Diarizer, DiarizerConfig, SpeechConfig, TuneConfig, backend_from_latents,
-                                   encode_long, evaluate_diarization, fit_backend, score_conversations,
+                                   encode_long, evaluate_conditions, evaluate_diarization, fit_backend, score_conversations,
                                    speech_activity, tune_on_dev)
 from echo.features import FrontEnd
 from echo.metrics.der import format_rttm
@@ -151,6 +151,11 @@ def test_end_to_end_on_audio_gives_a_valid_annotation_and_scores(backend):
     oracle, ohyps = evaluate_diarization(d, items, oracle=True)
     assert oracle["condition"] == "oracle"
     assert [r["k_hat"] for r in oracle["per_recording"]] == [1, 2]  # oracle K honoured (if speech found)
+    # both conditions from one encoding pass give exactly the separate evaluations
+    (b2, h2), (o2, oh2) = evaluate_conditions(d, items, (False, True))
+    assert b2["condition"] == "blind" and o2["condition"] == "oracle"
+    assert b2["primary"] == summary["primary"] and o2["primary"] == oracle["primary"]
+    assert all(h2[u] == hyps[u] for u in hyps) and all(oh2[u] == ohyps[u] for u in ohyps)
 
 
 def read_rttm_text(text):

@@ -98,7 +98,11 @@ def load_section(raw: dict, path: str, source: str = "params.yaml"):
         if path == "corpus.real" and value not in REAL_SOURCES:
             value = "librispeech"  # embedded corpus: still type-check the real-corpus section
         data[key] = value
-    return build(cls, data, f"{source}: {path}")
+    cfg = build(cls, data, f"{source}: {path}")
+    if path == "corpus.real" and _get(raw, "corpus.source") in REAL_SOURCES and not cfg.root:
+        raise ConfigError(f"{source}: corpus.real.root: expected the directory holding "
+                          f"{_get(raw, 'corpus.source')}, got an empty string")
+    return cfg
 
 
 def build(cls, data: dict | None, where: str):

@@ -19,6 +19,7 @@ def test_default_params_valid():
     (lambda p: p["features"].update(n_mels="80"), "features.n_mels: expected integer"),
     (lambda p: p["features"].update(hop_length=0), "features.hop_length"),
     (lambda p: p["corpus"]["real"].update(workers=0), "corpus.real.workers"),
+    (lambda p: p["corpus"].update(source="librispeech"), "corpus.real.root: expected the directory"),
     (lambda p: p["corpus"].update(source="timit"), "corpus.source: expected one of"),
     (lambda p: p["features"].update(f_max=9000.0), "features.f_max"),
 ])

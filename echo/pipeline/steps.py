@@ -37,12 +37,7 @@ def corpus(node, raw, run):
     else:
         from echo.corpus.adapters import build_real_corpus
 
-        cfg = load_section(raw, "corpus.real")
-        if not cfg.root:
-            from echo.errors import ConfigError
-
-            raise ConfigError(f"params.yaml: corpus.real.root: expected the directory holding {source}, got an empty string")
-        df = build_real_corpus(cfg, out)
+        df = build_real_corpus(load_section(raw, "corpus.real"), out)  # root checked with the params
     stats = corpus_stats(df)
     stats["source"] = source
     write_json(node.metrics[0], stats)

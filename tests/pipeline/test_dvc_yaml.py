@@ -29,3 +29,11 @@ def test_dvc_stages_match_snakemake_jobs():
         assert set(outs) == set(n.outs) | {n.log}
         assert st["params"] == list(n.params)
         assert set(st["deps"]) == set(n.deps) | set(n.code)
+
+
+def test_unknown_node_is_one_line_error(capsys):
+    from echo.pipeline.__main__ import main
+
+    assert main(["run", "no_such_node", "--no-mlflow"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "echo: error: unknown workflow node 'no_such_node' (see echo/pipeline/dag.py)"

@@ -42,9 +42,16 @@ class FileServer:
 
             def do_GET(self):
                 name = self.path.lstrip("/")
-                entry = {"path": name, "range": self.headers.get("Range"), "status": None, "sent": 0}
+                entry = {"path": name, "range": self.headers.get("Range"), "status": None, "sent": 0,
+                         "done": threading.Event()}
                 with state.lock:
                     state.log.append(entry)
+                try:
+                    self._serve(name, entry)
+                finally:
+                    entry["done"].set()
+
+            def _serve(self, name, entry):
                 token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
                 if self.headers.get("Authorization") != f"Basic {token}":
                     entry["status"] = 401
@@ -98,7 +105,13 @@ class FileServer:
         return DownloadItem(url=f"{self.url}/{name}", sha256=hashlib.sha256(data).hexdigest(), filename=name)
 
     def requests(self, name: str) -> list[dict]:
-        return [e for e in self.log if e["path"] == name]
+        """The log for ``name``, once every handler has finished: the client can hold the whole body
+        before the server thread records what it sent, so reading the log early would race."""
+        with self.lock:
+            entries = [e for e in self.log if e["path"] == name]
+        for e in entries:
+            assert e["done"].wait(timeout=5), f"handler for {name} did not finish"
+        return entries
 
 
 @pytest.fixture

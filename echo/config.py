@@ -49,6 +49,7 @@ SECTIONS: dict[str, str] = {
     "simulation.conversations": "echo.simulate.conversations:ConversationConfig",
     "simulation.mixtures": "echo.simulate.mixtures:MixtureConfig",
     "simulation.sets": "echo.simulate.sets:SimulationSets",
+    "simulation.augmentation": "echo.simulate.augment:AugmentConfig",
 }
 # Keys a section's dataclass takes from elsewhere in params.yaml (one key chooses the corpus).
 INJECT: dict[str, dict[str, str]] = {"corpus.real": {"source": "corpus.source"}}

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -108,7 +109,8 @@ def frame_labels(align_phone, align_start, align_end, num_frames: int, hop_lengt
 
 
 def build_feature_cache(manifest: pd.DataFrame, frontend: FrontEnd, out_dir: Path,
-                        inventory: list[str], shard_frames: int = 2_000_000) -> "FeatureCache":
+                        inventory: list[str], shard_frames: int = 2_000_000,
+                        transform: Callable[[np.ndarray, Any], np.ndarray] | None = None) -> "FeatureCache":
     """Compute log-mel features for every row of ``manifest`` into a sharded cache at ``out_dir``.
 
     Args:
@@ -117,6 +119,9 @@ def build_feature_cache(manifest: pd.DataFrame, frontend: FrontEnd, out_dir: Pat
         out_dir: cache directory, built atomically.
         inventory: phone inventory used for frame labels (shared by all splits).
         shard_frames: frames per shard file (float16, 80 bins: 2M frames = 320 MB).
+        transform: ``transform(wave, row) -> wave`` applied to each utterance before the front-end
+            (e.g. :class:`echo.simulate.augment.Augmenter`); it must keep the length, so the frame
+            labels stay those of the alignment.
     """
     from tqdm import tqdm
 
@@ -140,6 +145,11 @@ def build_feature_cache(manifest: pd.DataFrame, frontend: FrontEnd, out_dir: Pat
         for r in tqdm(manifest.itertuples(index=False), total=len(manifest), desc=f"features {out_dir.name}",
                       mininterval=5, disable=None):
             wave = read_segment(r.abs_path, int(r.start), int(r.num_samples), frontend.sample_rate)
+            if transform is not None:
+                n = wave.shape[0]
+                wave = transform(wave, r)
+                if wave.shape[0] != n:
+                    raise EchoError(f"{out_dir}: the transform changed the length of {r.utt_id} ({n} -> {wave.shape[0]})")
             f = frontend.compute(wave)
             lab = frame_labels(r.align_phone, r.align_start, r.align_end, len(f), frontend.hop_length, inventory)
             rows.append((r.utt_id, r.speaker, shard, n_in_shard, len(f)))

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from echo.errors import CacheMismatchError
+from echo.errors import CacheMismatchError, EchoError
 from echo.features import FeatureCache, FrontEnd, build_feature_cache, frame_labels
 
 
@@ -48,3 +48,18 @@ def test_cache_roundtrip_and_mismatch(tmp_path):
     np.testing.assert_array_equal(feats[offs[1]:offs[1] + lens[1]], cache.get("u1").astype(np.float16))
     with pytest.raises(CacheMismatchError, match="hop_length=160"):
         FeatureCache(tmp_path / "cache", expected=FrontEnd(hop_length=200))
+
+
+def test_cache_transform_is_applied_and_must_keep_the_length(tmp_path):
+    x = (0.1 * np.random.default_rng(0).standard_normal(8000)).astype(np.float32)
+    sf.write(tmp_path / "a.flac", x, 16000, subtype="PCM_16")
+    df = pd.DataFrame([dict(utt_id="u1", speaker="s", abs_path=str(tmp_path / "a.flac"), start=0, num_samples=8000,
+                            align_phone=["a"], align_start=[0], align_end=[8000])])
+    fe = FrontEnd()
+    clean = build_feature_cache(df, fe, tmp_path / "clean", ["a", "sil"])
+    loud = build_feature_cache(df, fe, tmp_path / "loud", ["a", "sil"], transform=lambda w, r: 4 * w)
+    assert np.allclose(loud.get("u1") - clean.get("u1"), np.log(16.0), atol=0.02)  # power x16 in every bin
+    assert np.array_equal(loud.labels("u1"), clean.labels("u1"))
+    with pytest.raises(EchoError, match="the transform changed the length of u1"):
+        build_feature_cache(df, fe, tmp_path / "short", ["a", "sil"], transform=lambda w, r: w[:100])
+    assert not (tmp_path / "short").exists()  # nothing half-written left behind

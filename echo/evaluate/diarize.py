@@ -173,6 +173,9 @@ class BackendConfig:
         max_windows_per_utt: non-overlapping windows per utterance (>= 1).
         batch_size: utterances per encoder batch (>= 1).
         seed: seed of the speaker/utterance draws.
+        augmented: also embed the augmented (noisy, reverberant) copy of the same utterances, so
+            LDA/PLDA model the within-speaker variability the test acoustics bring (the Kaldi
+            x-vector recipes train PLDA on augmented data for the same reason).
     """
 
     plda: PLDAConfig = PLDAConfig()
@@ -181,8 +184,10 @@ class BackendConfig:
     max_windows_per_utt: int = 4
     batch_size: int = 16
     seed: int = 0
+    augmented: bool = False
 
     def __post_init__(self):
+        _need(isinstance(self.augmented, bool), "diarize.backend.augmented", "true or false", self.augmented)
         _need(self.max_speakers is None or (isinstance(self.max_speakers, int) and self.max_speakers >= 3),
               "diarize.backend.max_speakers", "an integer >= 3 or null", self.max_speakers)
         for name in ("max_utts_per_speaker", "max_windows_per_utt", "batch_size"):
@@ -872,7 +877,8 @@ def backend_from_latents(model: Any, utterance_latents: Sequence[np.ndarray], sp
 
 
 def fit_backend(model: Any, train_cache, windows: WindowConfig = WindowConfig(),
-                config: BackendConfig = BackendConfig(), speech: SpeechConfig = SpeechConfig()) -> PLDA:
+                config: BackendConfig = BackendConfig(), speech: SpeechConfig = SpeechConfig(),
+                noisy_cache=None) -> PLDA:
     """Fit the diarization back end (LDA/PLDA) on TRAINING speakers' window embeddings.
 
     Args:
@@ -881,6 +887,8 @@ def fit_backend(model: Any, train_cache, windows: WindowConfig = WindowConfig(),
         windows: the diarizer's window settings.
         config: speaker/utterance caps, PLDA settings, seed.
         speech: speech detection (as in the diarizer), so the head pools the same kind of tokens.
+        noisy_cache: the augmented copy of ``train_cache``; with ``config.augmented`` the same
+            utterances are embedded from it too (one more sample per utterance for its speaker).
 
     Returns:
         fitted :class:`echo.diarization.plda.PLDA` (save it with ``plda.save(path)``).
@@ -903,15 +911,24 @@ def fit_backend(model: Any, train_cache, windows: WindowConfig = WindowConfig(),
     frames = dict(zip(index["utt_id"], index["num_frames"]))
     order = np.argsort([int(frames[u]) for u in ids], kind="stable")
     ids, spks = [ids[i] for i in order], [spks[i] for i in order]  # similar lengths batch together
-    for i in tqdm(range(0, len(ids), config.batch_size), desc="backend embeddings", disable=None, leave=False):
-        mels = [train_cache.get(u) for u in ids[i:i + config.batch_size]]
-        lat, mask = encode_batch(parts.encoder, mels)
-        for j, m in enumerate(mels):
-            n = int(mask[j].sum())
-            latj = lat[j, :n].cpu().numpy()
-            lats.append(latj)
-            masks.append(speech_activity(parts, latj, m, speech, token_s, parts.encoder.cfg.patch_frames)[0])
-    return backend_from_latents(parts, lats, spks, windows, config, token_s, masks)
+    caches = [train_cache]
+    if config.augmented:
+        if noisy_cache is None:
+            raise ConfigError("diarize.backend.augmented: true needs the augmented training cache "
+                              "(data/features/train_noisy); set false to fit on clean utterances")
+        caches.append(noisy_cache)
+    labels = []
+    for cache in caches:
+        for i in tqdm(range(0, len(ids), config.batch_size), desc="backend embeddings", disable=None, leave=False):
+            mels = [cache.get(u) for u in ids[i:i + config.batch_size]]
+            lat, mask = encode_batch(parts.encoder, mels)
+            for j, m in enumerate(mels):
+                n = int(mask[j].sum())
+                latj = lat[j, :n].cpu().numpy()
+                lats.append(latj)
+                masks.append(speech_activity(parts, latj, m, speech, token_s, parts.encoder.cfg.patch_frames)[0])
+        labels += spks
+    return backend_from_latents(parts, lats, labels, windows, config, token_s, masks)
 
 
 # --- scoring ------------------------------------------------------------------------------------

@@ -68,6 +68,11 @@ def nodes() -> list[Node]:
             f"features_{s}", "features", "features", deps=("data/corpus",), outs=(f"data/features/{s}",),
             params=("features",), code=_code("echo/features.py"), wildcards=(("split", s),),
             dirs=frozenset({f"data/features/{s}"})))
+    out.append(Node(
+        "features_train_noisy", "features", "augmented_features", deps=("data/corpus",),
+        outs=("data/features/train_noisy",), params=("features", "simulation.augmentation"),
+        code=_code("echo/features.py", "echo/simulate/augment.py", "echo/simulate/room.py"),
+        wildcards=(("split", "train"),), dirs=frozenset({"data/features/train_noisy"})))
     sim_code = _code("echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py",
                      "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py",
                      "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/metrics/der.py")
@@ -91,7 +96,7 @@ def nodes() -> list[Node]:
     for st, heads in STAGE_HEADS.items():
         extra = (("data/sim/mixtures/train", "data/sim/mixtures/dev", "models/pretrain") if st == "routing" else ())
         out.append(Node(
-            f"stage_{st}", "stages", "stage", deps=(prev, "data/features/train", "data/features/dev") + extra,
+            f"stage_{st}", "stages", "stage", deps=(prev, "data/features/train", "data/features/dev", "data/features/train_noisy") + extra,
             outs=(f"models/stages/{st}",), params=(f"stages.{st}",),
             code=_code(f"echo/stages/{st}.py", *stage_code, *(f"echo/heads/{h}.py" for h in heads)),
             wildcards=(("stage", st),), gpu=1, threads=2, dirs=frozenset({f"models/stages/{st}"})))
@@ -108,7 +113,8 @@ def nodes() -> list[Node]:
                  "echo/diarization/vbx.py", "echo/diarization/segments.py", "echo/metrics/der.py")
     out.append(Node(
         "backend", "evaluation", "backend",
-        deps=("models/stages/routing", "data/features/train", "data/sim/conversations/dev"),
+        deps=("models/stages/routing", "data/features/train", "data/sim/conversations/dev",
+              "data/features/train_noisy"),
         outs=("models/echo",), params=("evaluation.diarizer", "evaluation.backend", "evaluation.tune"),
         code=_code(*diar_code), metrics=("results/diarization_tuning.json",), threads=2,
         dirs=frozenset({"models/echo"})))

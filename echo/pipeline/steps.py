@@ -60,6 +60,39 @@ def features(node, raw, run):
         run.log_metrics({"utterances": len(cache), "frames": float(cache.stats["frames"])})
 
 
+def augmented_features(node, raw, run):
+    """Log-mel features of a noisy, reverberant copy of the training split (same index and labels as
+    the clean cache), for the specialisation stages and the diarization backend."""
+    from echo.corpus import manifest as mf
+    from echo.features import build_feature_cache, phone_inventory
+    from echo.simulate.augment import Augmenter
+
+    fe = load_section(raw, "features")
+    augmenter = Augmenter(load_section(raw, "simulation.augmentation"), fe.sample_rate)
+    full = mf.read(Path(node.deps[0]) / "manifest.parquet")
+    inventory = phone_inventory(full)
+    df = full[full["split"] == dict(node.wildcards)["split"]].reset_index(drop=True)
+    drawn = []
+
+    def transform(wave, row):
+        speech = np.zeros(wave.shape[0], bool)  # SNR reference: the aligned phones, not the padding
+        for ph, a, b in zip(row.align_phone, row.align_start, row.align_end):
+            if ph != mf.SILENCE:
+                speech[int(a):int(b)] = True
+        out, info = augmenter(wave, row.utt_id, speech if speech.any() else None)
+        drawn.append(info)
+        return out
+
+    cache = build_feature_cache(df, fe, Path(node.outs[0]), inventory, transform=transform)
+    reverb = float(np.mean([d["reverb"] for d in drawn]))
+    snrs = [d["snr_db"] for d in drawn if np.isfinite(d["snr_db"])]
+    log.info("augmented %d utterances: reverberant share %.2f, median SNR %.1f dB", len(drawn), reverb,
+             float(np.median(snrs)) if snrs else float("nan"))
+    if run:
+        run.log_metrics({"utterances": len(cache), "reverb_share": reverb,
+                         **({"snr_db_median": float(np.median(snrs))} if snrs else {})})
+
+
 def tables(node, raw, run):
     """results/tables.md (what this run produced, with commit and params) and results/metrics.json."""
     from echo.io import write_text
@@ -197,22 +230,23 @@ def stage(node, raw, run):
     fe = load_section(raw, "features")
     train = FeatureCache("data/features/train", expected=fe)
     dev = FeatureCache("data/features/dev", expected=fe)
+    noisy = FeatureCache("data/features/train_noisy", expected=fe) if cfg.noisy_prob > 0 else None
     work = _work_dir(node.name, raw, node.params, node.deps)
     logger = (lambda m, step: run.log_metrics(m, step)) if run else None
     if name == "speaker":
         from echo.stages.speaker import train_speaker_stage
 
-        train_speaker_stage(cfg, Path("models/pretrain/encoder.pt"), train, dev, work, logger, _device())
+        train_speaker_stage(cfg, Path("models/pretrain/encoder.pt"), train, dev, work, logger, _device(), noisy)
     elif name == "phonetic":
         from echo.stages.phonetic import train_phonetic_stage
 
-        train_phonetic_stage(cfg, Path("models/stages/speaker/bundle"), train, dev, work, logger, _device())
+        train_phonetic_stage(cfg, Path("models/stages/speaker/bundle"), train, dev, work, logger, _device(), noisy)
     else:
         from echo.stages.routing import train_routing_stage
 
         train_routing_stage(cfg, Path("models/stages/phonetic/bundle"), Path("data/sim/mixtures/train"),
                             Path("data/sim/mixtures/dev"), train, work, logger, _device(),
-                            pretrained_encoder=Path("models/pretrain/encoder.pt"), dev_cache=dev)
+                            pretrained_encoder=Path("models/pretrain/encoder.pt"), dev_cache=dev, noisy_cache=noisy)
     _copy_outputs(work, node.outs[0], STAGE_OUTPUTS)
     return {"artifacts": {"summary": work / "summary.json"}}
 
@@ -270,9 +304,11 @@ def backend(node, raw, run):
 
     model = EchoModel.load(Path(node.deps[0]) / "bundle")
     dcfg = load_section(raw, "evaluation.diarizer")
-    train = FeatureCache(node.deps[1], expected=load_section(raw, "features"))
-    plda = fit_backend(model, train, windows=dcfg.windows, config=load_section(raw, "evaluation.backend"),
-                       speech=dcfg.speech)
+    fe = load_section(raw, "features")
+    bcfg = load_section(raw, "evaluation.backend")
+    train = FeatureCache(node.deps[1], expected=fe)
+    noisy = FeatureCache(node.deps[3], expected=fe) if bcfg.augmented else None
+    plda = fit_backend(model, train, windows=dcfg.windows, config=bcfg, speech=dcfg.speech, noisy_cache=noisy)
     best, rows = tune_on_dev(Diarizer(model, plda, dcfg), ConversationSet(node.deps[2]),
                              load_section(raw, "evaluation.tune"))
     with atomic_dir(node.outs[0]) as tmp:

@@ -91,14 +91,27 @@ class LabelledFrames:
         return sorted(set(self.speakers.tolist()))
 
     def check_compatible(self, other: "LabelledFrames", where: str) -> None:
+        """Raise :class:`CacheMismatchError` if ``other`` has another phone inventory or mel count,
+        and :class:`EchoError` if it shares a speaker with this split."""
+        self.check_compatible_features(other, where)
+        shared = sorted(set(self.speaker_names) & set(other.speaker_names))
+        if shared:  # model selection must not see training speakers
+            raise EchoError(f"{where}: speaker {shared[0]!r} is also in the train cache; expected disjoint speaker splits")
+
+    def check_same_utterances(self, other: "LabelledFrames", where: str) -> None:
+        """Raise :class:`CacheMismatchError` unless ``other`` holds the same utterances, in the same
+        order and with the same lengths (an augmented copy of this split)."""
+        self.check_compatible_features(other, where)
+        if not (np.array_equal(other.utt_ids, self.utt_ids) and np.array_equal(other.lengths, self.lengths)):
+            raise CacheMismatchError(f"{where}: not a copy of the train cache (other utterances or lengths); "
+                                     "rebuild both from the same corpus")
+
+    def check_compatible_features(self, other: "LabelledFrames", where: str) -> None:
         """Raise :class:`CacheMismatchError` if ``other`` has another phone inventory or mel count."""
         if other.cache_inventory != self.cache_inventory:
             raise CacheMismatchError(f"{where}: phone inventory differs from the train cache's; rebuild the caches together")
         if other.frames.shape[1] != self.frames.shape[1]:
             raise CacheMismatchError(f"{where}: {other.frames.shape[1]} mel bins, the train cache has {self.frames.shape[1]}")
-        shared = sorted(set(self.speaker_names) & set(other.speaker_names))
-        if shared:  # model selection must not see training speakers
-            raise EchoError(f"{where}: speaker {shared[0]!r} is also in the train cache; expected disjoint speaker splits")
 
     def fingerprint(self) -> dict:
         return {"frames": int(self.frames.shape[0]), "utterances": int(len(self.lengths)),
@@ -123,12 +136,16 @@ class CropBatch(NamedTuple):
 
 
 def _assemble(data: LabelledFrames, rows: np.ndarray, starts: np.ndarray, sizes: np.ndarray, width: int,
-              speaker_index: dict[str, int], lookup: np.ndarray, step: int) -> CropBatch:
+              speaker_index: dict[str, int], lookup: np.ndarray, step: int,
+              frames_of: Sequence[np.ndarray] | None = None) -> CropBatch:
+    """``frames_of[i]``: the frame array crop ``i`` is cut from (default ``data.frames``; an
+    augmented copy shares ``data``'s offsets and labels)."""
     b = len(rows)
     mels = np.zeros((b, width, data.frames.shape[1]), np.float32)
     seqs = []
     for i, (s, n) in enumerate(zip(starts, sizes)):
-        mels[i, :n] = data.frames[s:s + n]
+        src = data.frames if frames_of is None else frames_of[i]
+        mels[i, :n] = src[s:s + n]
         seqs.append(ctc_targets(data.labels[s:s + n], lookup))
     targets, target_lengths = pad_targets(seqs)
     spk = [speaker_index.get(str(data.speakers[r]), -1) for r in rows]
@@ -152,11 +169,20 @@ class CropSampler:
         stream: tag separating this sampler's draws from other samplers of the same run.
         speakers: speaker names defining the label indices (default: the split's, sorted).
         min_frames: shortest usable utterance.
+        noisy: an augmented copy of ``data`` (same utterances, lengths and labels; see
+            :mod:`echo.simulate.augment`), or None.
+        noisy_prob: share of crops cut from ``noisy`` instead of ``data`` (labels stay ``data``'s).
     """
 
     def __init__(self, data: LabelledFrames, crop_frames: int, batch_size: int, seed: int, stream: int,
-                 speakers: Sequence[str] | None = None, min_frames: int = 8) -> None:
+                 speakers: Sequence[str] | None = None, min_frames: int = 8,
+                 noisy: LabelledFrames | None = None, noisy_prob: float = 0.0) -> None:
         self.data, self.crop, self.batch_size, self.seed, self.stream = data, int(crop_frames), int(batch_size), int(seed), int(stream)
+        if noisy_prob > 0 and noisy is None:
+            raise EchoError("stage data: noisy_prob > 0 needs the augmented copy of the training cache")
+        if noisy is not None:
+            data.check_same_utterances(noisy, "augmented training cache")
+        self.noisy, self.noisy_prob = noisy, float(noisy_prob)
         self.speakers = list(speakers) if speakers is not None else data.speaker_names
         self.speaker_index = {s: i for i, s in enumerate(self.speakers)}
         self.inventory, self.lookup = phone_lookup(data.cache_inventory)
@@ -173,8 +199,12 @@ class CropSampler:
         lengths = self.data.lengths[rows]
         sizes = np.minimum(lengths, self.crop)
         within = np.floor(rng.random(self.batch_size) * (lengths - sizes + 1)).astype(np.int64)
+        frames_of = None
+        if self.noisy is not None and self.noisy_prob > 0:  # drawn last: clean-only runs keep their crops
+            use = rng.random(self.batch_size) < self.noisy_prob
+            frames_of = [self.noisy.frames if u else self.data.frames for u in use]
         return _assemble(self.data, rows, self.data.offsets[rows] + within, sizes, int(sizes.max()),
-                         self.speaker_index, self.lookup, step)
+                         self.speaker_index, self.lookup, step, frames_of)
 
 
 def dev_batches(data: LabelledFrames, max_utts: int, max_frames: int, batch_size: int,

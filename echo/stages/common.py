@@ -123,6 +123,10 @@ class StageConfig:
         dev_max_utts: dev utterances used for the dev metrics (>= 2).
         dev_max_s: dev utterances are cut to this many seconds (> 0).
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` or ``fp32``.
+        noisy_prob: share of training crops cut from the noisy, reverberant copy of the training
+            utterances (``simulation.augmentation``) instead of the clean ones, in [0, 1]; the test
+            conversations are noisy, and a stage that never heard noise detects speech and
+            embeds speakers poorly there.
     """
 
     SECTION: ClassVar[str] = "stages"
@@ -145,6 +149,7 @@ class StageConfig:
     dev_max_utts: int = 100
     dev_max_s: float = 6.0
     precision: str = "auto"
+    noisy_prob: float = 0.0
 
     # settings that do not change the trajectory (a resumed run may change them)
     NON_TRAJECTORY: ClassVar[tuple[str, ...]] = ("checkpoint_every", "log_every")
@@ -170,6 +175,8 @@ class StageConfig:
         _need(isinstance(self.trainable, str) and bool(_TRAINABLE.match(self.trainable)), f"{p}.trainable",
               "all | none | topN (N >= 1)", self.trainable)
         _need(self.precision in ("auto", "bf16", "fp32"), f"{p}.precision", "auto, bf16 or fp32", self.precision)
+        _need(isinstance(self.noisy_prob, (int, float)) and not isinstance(self.noisy_prob, bool)
+              and 0.0 <= self.noisy_prob <= 1.0, f"{p}.noisy_prob", "a share in [0, 1]", self.noisy_prob)
         _need(isinstance(self.guard, StageGuardConfig), f"{p}.guard", "a StageGuardConfig", type(self.guard).__name__)
         self.guard.check(f"{p}.guard")
         if self.guard.kind == "freeze" and self.trainable == "all":
@@ -336,15 +343,31 @@ class StageTrainer:
         return self.models["encoder"]
 
     # -- setup ---------------------------------------------------------------------------------
-    def _load_clean(self, source: str | Path, train_cache, dev_cache) -> None:
+    def _load_clean(self, source: str | Path, train_cache, dev_cache, noisy_cache=None) -> None:
         """Set ``train_data``/``dev_data`` (clean labelled frames of the caches, checked compatible),
+        ``noisy_data`` (the augmented copy of the train cache when ``noisy_prob`` > 0, else None),
         ``frontend``, ``start`` (the incoming model, from ``source``) and ``input_sha256``."""
         self.train_data = LabelledFrames.from_cache(train_cache)
         self.dev_data = LabelledFrames.from_cache(dev_cache)
         self.train_data.check_compatible(self.dev_data, "dev cache")
+        self.noisy_data = self._noisy(self.train_data, noisy_cache)
         self.frontend = train_cache.frontend
         self.start = load_start(source, self.frontend)
         self.input_sha256 = _sha256_of(source)
+
+    def _noisy(self, train_data: LabelledFrames, noisy_cache) -> LabelledFrames | None:
+        """The augmented copy of ``train_data`` the crops need (None when ``noisy_prob`` is 0)."""
+        if self.cfg.noisy_prob == 0:
+            return None
+        if noisy_cache is None:
+            raise ConfigError(f"{self.cfg.SECTION}.noisy_prob: {self.cfg.noisy_prob} needs the augmented training "
+                              "cache (the features_train_noisy node, data/features/train_noisy); set 0 to train on clean crops")
+        noisy = LabelledFrames.from_cache(noisy_cache)
+        train_data.check_same_utterances(noisy, str(getattr(noisy_cache, "path", "augmented cache")))
+        return noisy
+
+    def _data_fingerprint_of(self, **parts: LabelledFrames | None) -> dict:
+        return {k: v.fingerprint() for k, v in parts.items() if v is not None}
 
     def _clean_batches(self, crop_stream: int, speakers: list[str]) -> None:
         """Set ``sampler`` (training crops of ``train_data``, labelled by index in ``speakers``) and
@@ -352,7 +375,8 @@ class StageTrainer:
         cfg = self.cfg
         patch = self.start.encoder.cfg.patch_frames
         self.sampler = CropSampler(self.train_data, cfg.crop_frames(self.train_data.frame_rate, patch), cfg.batch_size,
-                                   cfg.seed, crop_stream, speakers, min_frames=patch * 2)
+                                   cfg.seed, crop_stream, speakers, min_frames=patch * 2,
+                                   noisy=self.noisy_data, noisy_prob=cfg.noisy_prob)
         self.dev_set = dev_batches(self.dev_data, cfg.dev_max_utts, int(round(cfg.dev_max_s * self.dev_data.frame_rate)),
                                    cfg.batch_size, min_frames=patch * 2)
 

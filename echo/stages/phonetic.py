@@ -93,9 +93,9 @@ class PhoneticStage(StageTrainer):
     name: ClassVar[str] = "phonetic"
 
     def __init__(self, cfg: PhoneticStageConfig, bundle_dir: str | Path, train_cache, dev_cache, out_dir: str | Path,
-                 log_metrics: MetricsLogger | None = None, device: str = "cpu") -> None:
+                 log_metrics: MetricsLogger | None = None, device: str = "cpu", noisy_cache=None) -> None:
         super().__init__(cfg, out_dir, log_metrics, device)
-        self._load_clean(bundle_dir, train_cache, dev_cache)
+        self._load_clean(bundle_dir, train_cache, dev_cache, noisy_cache)
         s = self.start
         enc = s.encoder
         patch, d = enc.cfg.patch_frames, enc.cfg.dim
@@ -119,7 +119,7 @@ class PhoneticStage(StageTrainer):
         if cfg.guard.replay_heads_trainable:
             self.trainable_heads |= {n for n in ("speaker", "arcface") if n in self.models}
         self._check_replay()
-        self._finish_setup({"train": self.train_data.fingerprint(), "dev": self.dev_data.fingerprint()})
+        self._finish_setup(self._data_fingerprint_of(train=self.train_data, dev=self.dev_data, noisy=self.noisy_data))
 
     def compute_loss(self, step: int):
         cfg = self.cfg
@@ -155,7 +155,8 @@ class PhoneticStage(StageTrainer):
 
 
 def train_phonetic_stage(cfg: PhoneticStageConfig, bundle_dir: str | Path, train_cache, dev_cache,
-                         out_dir: str | Path, log_metrics: MetricsLogger | None = None, device: str = "cpu") -> Path:
+                         out_dir: str | Path, log_metrics: MetricsLogger | None = None, device: str = "cpu",
+                         noisy_cache=None) -> Path:
     """Stage 2: specialise the encoder for phonetic content; resume from ``out_dir`` if killed.
 
     Args:
@@ -167,8 +168,10 @@ def train_phonetic_stage(cfg: PhoneticStageConfig, bundle_dir: str | Path, train
         out_dir: stage directory (same files as stage 1).
         log_metrics: ``log_metrics(metrics, step)`` callback.
         device: ``"cpu"`` or ``"cuda"``.
+        noisy_cache: the augmented copy of the train cache (``features_train_noisy``), needed when
+            ``cfg.noisy_prob`` > 0.
 
     Returns:
         The bundle directory (encoder + speaker head + CTC head + VQ-CTC head) of the selected step.
     """
-    return PhoneticStage(cfg, bundle_dir, train_cache, dev_cache, out_dir, log_metrics, device).run()
+    return PhoneticStage(cfg, bundle_dir, train_cache, dev_cache, out_dir, log_metrics, device, noisy_cache).run()

@@ -133,7 +133,7 @@ class RoutingStage(StageTrainer):
 
     def __init__(self, cfg: RoutingStageConfig, bundle_dir: str | Path, train_mixtures, dev_mixtures, train_cache,
                  out_dir: str | Path, log_metrics: MetricsLogger | None = None, device: str = "cpu",
-                 pretrained_encoder: str | Path | None = None, dev_cache=None) -> None:
+                 pretrained_encoder: str | Path | None = None, dev_cache=None, noisy_cache=None) -> None:
         super().__init__(cfg, out_dir, log_metrics, device)
         from echo.simulate.mixtures import MixtureSet
 
@@ -187,9 +187,11 @@ class RoutingStage(StageTrainer):
         if cfg.needs_clean:
             train_data = LabelledFrames.from_cache(train_cache)
             speakers = s.meta.get("train_speakers") or train_data.speaker_names
+            noisy = self._noisy(train_data, noisy_cache)
             self.clean = CropSampler(train_data, cfg.crop_frames(train_data.frame_rate, patch), cfg.clean_batch_size,
-                                     cfg.seed, CLEAN_STREAM, speakers, min_frames=patch * 2)
-            data_fp["train"] = train_data.fingerprint()
+                                     cfg.seed, CLEAN_STREAM, speakers, min_frames=patch * 2,
+                                     noisy=noisy, noisy_prob=cfg.noisy_prob)
+            data_fp.update(self._data_fingerprint_of(train=train_data, noisy=noisy))
         self.dev_clean = None
         if dev_cache is not None:  # monitors of the earlier stages' abilities
             dev_data = LabelledFrames.from_cache(dev_cache)
@@ -296,7 +298,7 @@ class RoutingStage(StageTrainer):
 
 def train_routing_stage(cfg: RoutingStageConfig, bundle_dir: str | Path, train_mixtures, dev_mixtures, train_cache,
                         out_dir: str | Path, log_metrics: MetricsLogger | None = None, device: str = "cpu",
-                        pretrained_encoder: str | Path | None = None, dev_cache=None) -> Path:
+                        pretrained_encoder: str | Path | None = None, dev_cache=None, noisy_cache=None) -> Path:
     """Stage 3: train the K-set router (and the encoder, as ``trainable`` allows); resume if killed.
 
     Args:
@@ -310,9 +312,11 @@ def train_routing_stage(cfg: RoutingStageConfig, bundle_dir: str | Path, train_m
         device: ``"cpu"`` or ``"cuda"``.
         pretrained_encoder: the pretraining ``encoder.pt`` (JEPA EMA target), for ``target: pretrain``.
         dev_cache: the dev split's cache: if given, dev speaker EER and dev PER are logged too.
+        noisy_cache: the augmented copy of the train cache, needed when ``cfg.noisy_prob`` > 0 (the
+            guard's and replay's crops; the mixtures carry their own noise).
 
     Returns:
         The bundle directory (encoder + all heads + router) of the selected step.
     """
     return RoutingStage(cfg, bundle_dir, train_mixtures, dev_mixtures, train_cache, out_dir, log_metrics, device,
-                        pretrained_encoder, dev_cache).run()
+                        pretrained_encoder, dev_cache, noisy_cache).run()

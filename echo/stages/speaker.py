@@ -73,9 +73,9 @@ class SpeakerStage(StageTrainer):
     name: ClassVar[str] = "speaker"
 
     def __init__(self, cfg: SpeakerStageConfig, encoder_ckpt: str | Path, train_cache, dev_cache, out_dir: str | Path,
-                 log_metrics: MetricsLogger | None = None, device: str = "cpu") -> None:
+                 log_metrics: MetricsLogger | None = None, device: str = "cpu", noisy_cache=None) -> None:
         super().__init__(cfg, out_dir, log_metrics, device)
-        self._load_clean(encoder_ckpt, train_cache, dev_cache)
+        self._load_clean(encoder_ckpt, train_cache, dev_cache, noisy_cache)
         self.speakers = self.train_data.speaker_names
         if len(self.speakers) < 2:
             raise ConfigError(f"{cfg.SECTION}: the train cache has {len(self.speakers)} speaker(s); expected >= 2")
@@ -87,7 +87,7 @@ class SpeakerStage(StageTrainer):
         arcface = ArcFaceLoss(cfg.emb_dim, len(self.speakers), cfg.arcface)
         self.models.update({"encoder": enc, "speaker": head, "arcface": arcface})
         self.trainable_heads = {"speaker", "arcface"}
-        self._finish_setup({"train": self.train_data.fingerprint(), "dev": self.dev_data.fingerprint()})
+        self._finish_setup(self._data_fingerprint_of(train=self.train_data, dev=self.dev_data, noisy=self.noisy_data))
 
     def compute_loss(self, step: int):
         b = self.sampler.batch(step).to(self.device)
@@ -112,7 +112,8 @@ class SpeakerStage(StageTrainer):
 
 
 def train_speaker_stage(cfg: SpeakerStageConfig, encoder_ckpt: str | Path, train_cache, dev_cache,
-                        out_dir: str | Path, log_metrics: MetricsLogger | None = None, device: str = "cpu") -> Path:
+                        out_dir: str | Path, log_metrics: MetricsLogger | None = None, device: str = "cpu",
+                        noisy_cache=None) -> Path:
     """Stage 1: specialise the encoder for speaker identity; resume from ``out_dir`` if killed.
 
     Args:
@@ -124,8 +125,10 @@ def train_speaker_stage(cfg: SpeakerStageConfig, encoder_ckpt: str | Path, train
             ``summary.json``).
         log_metrics: ``log_metrics(metrics, step)`` callback (train losses and ``dev_*`` metrics).
         device: ``"cpu"`` or ``"cuda"``.
+        noisy_cache: the augmented copy of the train cache (``features_train_noisy``), needed when
+            ``cfg.noisy_prob`` > 0.
 
     Returns:
         The bundle directory (encoder + speaker head + ArcFace centres) of the selected step.
     """
-    return SpeakerStage(cfg, encoder_ckpt, train_cache, dev_cache, out_dir, log_metrics, device).run()
+    return SpeakerStage(cfg, encoder_ckpt, train_cache, dev_cache, out_dir, log_metrics, device, noisy_cache).run()

@@ -10,7 +10,7 @@ from eval_fixtures import TOKEN_S, conversation_latents, tiny_parts, training_la
 
 from echo.diarization.ahc import AHCConfig
 from echo.errors import ConfigError, EchoError
-from echo.evaluate.diarize import (Diarizer, DiarizerConfig, SpeechConfig, TuneConfig, backend_from_latents,
+from echo.evaluate.diarize import (BackendConfig, Diarizer, DiarizerConfig, SpeechConfig, TuneConfig, backend_from_latents,
                                    encode_long, evaluate_conditions, evaluate_diarization, fit_backend, score_conversations,
                                    speech_activity, tune_on_dev)
 from echo.features import FrontEnd
@@ -226,6 +226,16 @@ def test_fit_backend_from_a_feature_cache(tmp_path):
     cache = build_feature_cache(pd.DataFrame(rows), FrontEnd(), tmp_path / "cache", ["a", "sil"])
     plda = fit_backend(tiny_parts(), cache, speech=SpeechConfig(source="none"))
     assert plda.input_dim == 16 and plda.dim == 3  # 4 speakers -> LDA capped at 3
+    # augmented: the same utterances embedded once more from the noisy copy
+    noisy = build_feature_cache(pd.DataFrame(rows), FrontEnd(), tmp_path / "noisy", ["a", "sil"],
+                                transform=lambda w, r: w + np.float32(0.05) * rng.standard_normal(w.size).astype(np.float32))
+    with pytest.raises(ConfigError, match="diarize.backend.augmented: true needs the augmented training cache"):
+        fit_backend(tiny_parts(), cache, config=BackendConfig(augmented=True), speech=SpeechConfig(source="none"))
+    both = fit_backend(tiny_parts(), cache, config=BackendConfig(augmented=True), speech=SpeechConfig(source="none"),
+                       noisy_cache=noisy)
+    assert both.dim == 3 and not np.allclose(both.mean, plda.mean)
+    assert np.allclose(fit_backend(tiny_parts(), cache, speech=SpeechConfig(source="none"), noisy_cache=noisy).mean,
+                       plda.mean)  # not asked for: the copy is ignored
 
 
 def test_config_validation():

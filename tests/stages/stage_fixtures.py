@@ -20,6 +20,8 @@ from echo.heads.speaker import SpeakerConfig, SpeakerHead
 from echo.heads.vq import VQConfig
 from echo.models.bundle import EchoModel
 from echo.models.vit import Encoder, EncoderConfig
+from echo.simulate.augment import AugmentConfig, Augmenter
+from echo.simulate.room import RoomConfig
 from echo.stages.batches import phone_lookup
 
 SR = 16_000
@@ -52,7 +54,8 @@ def _utterance(rng: np.random.Generator, f0: float) -> tuple[np.ndarray, list[st
 
 
 def build_world(root: Path, train_speakers: int = 4, dev_speakers: int = 3, utts: int = 5, seed: int = 0) -> dict:
-    """Write audio + manifest + train/dev feature caches under ``root``; return paths and caches."""
+    """Write audio + manifest + train/dev feature caches (and the augmented copy of train) under
+    ``root``; return paths and caches."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     (root / "audio").mkdir(exist_ok=True)
@@ -83,7 +86,10 @@ def build_world(root: Path, train_speakers: int = 4, dev_speakers: int = 3, utts
     fe = FrontEnd()
     caches = {split: build_feature_cache(full[full["split"] == split].reset_index(drop=True), fe,
                                          root / "features" / split, inventory) for split in ("train", "dev")}
-    return {"manifest": path, "train": caches["train"], "dev": caches["dev"], "root": root}
+    aug = Augmenter(AugmentConfig(snr_db=(5.0, 20.0), reverb_prob=0.5, room=RoomConfig(max_order=4)), SR)
+    noisy = build_feature_cache(full[full["split"] == "train"].reset_index(drop=True), fe, root / "features" / "train_noisy",
+                                inventory, transform=lambda wave, row: aug(wave, row.utt_id)[0])
+    return {"manifest": path, "train": caches["train"], "dev": caches["dev"], "train_noisy": noisy, "root": root}
 
 
 def pretrained_encoder(train: FeatureCache, path: Path, seed: int = 0) -> Path:

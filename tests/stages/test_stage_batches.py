@@ -3,6 +3,7 @@ import pytest
 import torch
 from stage_fixtures import build_world
 
+from echo.errors import CacheMismatchError, EchoError
 from echo.stages.batches import CropSampler, LabelledFrames, ctc_targets, dev_batches, mixture_indices, phone_lookup
 
 
@@ -76,3 +77,35 @@ def test_mixture_indices_distinct_and_deterministic():
     a = mixture_indices(10, 4, seed=0, step=3, stream=1)
     assert len(set(a.tolist())) == 4 and np.array_equal(a, mixture_indices(10, 4, 0, 3, 1))
     assert len(mixture_indices(3, 5, 0, 0, 1)) == 5
+
+
+def test_noisy_crops_swap_frames_and_keep_labels(world):
+    clean = LabelledFrames.from_cache(world["train"])
+    noisy = LabelledFrames.from_cache(world["train_noisy"])
+    assert not np.array_equal(noisy.frames, clean.frames)
+    base = CropSampler(clean, 60, 8, seed=2, stream=1).batch(4)
+    # noisy_prob 0 (or no copy) leaves the clean-only crops exactly as they were
+    zero = CropSampler(clean, 60, 8, seed=2, stream=1, noisy=noisy, noisy_prob=0.0).batch(4)
+    assert torch.equal(zero.mels, base.mels)
+    full = CropSampler(clean, 60, 8, seed=2, stream=1, noisy=noisy, noisy_prob=1.0).batch(4)
+    for u, v in zip(full[1:], base[1:]):  # same rows, starts, speakers and CTC targets
+        assert torch.equal(u, v) if isinstance(u, torch.Tensor) else u == v
+    for i in range(8):
+        n, row = int(full.lengths[i]), int(full.utt[i])
+        crop = full.mels[i, :n].numpy()
+        seg = noisy.frames[noisy.offsets[row]:noisy.offsets[row] + noisy.lengths[row]].astype(np.float32)
+        assert any(np.array_equal(seg[t:t + n], crop) for t in range(len(seg) - n + 1))
+        assert not np.array_equal(crop, base.mels[i, :n].numpy())
+    half = CropSampler(clean, 60, 64, seed=2, stream=1, noisy=noisy, noisy_prob=0.5).batch(0)
+    ref = CropSampler(clean, 60, 64, seed=2, stream=1).batch(0)
+    swapped = np.mean([not torch.equal(half.mels[i], ref.mels[i]) for i in range(64)])
+    assert 0.3 <= swapped <= 0.7
+
+
+def test_noisy_copy_must_be_of_the_same_utterances(world):
+    clean = LabelledFrames.from_cache(world["train"])
+    dev = LabelledFrames.from_cache(world["dev"])
+    with pytest.raises(CacheMismatchError, match="not a copy of the train cache"):
+        CropSampler(clean, 60, 4, seed=0, stream=1, noisy=dev, noisy_prob=0.5)
+    with pytest.raises(EchoError, match="noisy_prob > 0 needs the augmented copy"):
+        CropSampler(clean, 60, 4, seed=0, stream=1, noisy_prob=0.5)

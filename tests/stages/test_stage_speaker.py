@@ -149,3 +149,21 @@ def test_config_validation():
         SpeakerStageConfig(select="auc")
     with pytest.raises(ConfigError, match="guard.kind"):
         StageGuardConfig(kind="magic")
+    with pytest.raises(ConfigError, match="stages.speaker.noisy_prob"):
+        SpeakerStageConfig(noisy_prob=1.5)
+
+
+def test_noisy_crops_need_the_augmented_cache_and_change_the_run(world, tmp_path):
+    cfg = _cfg(steps=4, eval_every=4, checkpoint_every=4, noisy_prob=0.5)
+    with pytest.raises(ConfigError, match="stages.speaker.noisy_prob: 0.5 needs the augmented training cache"):
+        SpeakerStage(cfg, world["encoder"], world["train"], world["dev"], tmp_path / "none")
+    with pytest.raises(CacheMismatchError, match="not a copy of the train cache"):
+        SpeakerStage(cfg, world["encoder"], world["train"], world["dev"], tmp_path / "bad", noisy_cache=world["dev"])
+    stage = SpeakerStage(cfg, world["encoder"], world["train"], world["dev"], tmp_path / "noisy",
+                         noisy_cache=world["train_noisy"])
+    assert stage.fingerprint()["data"]["noisy"]["utterances"] == len(world["train"])
+    stage.run()
+    clean = pd.read_parquet(train_speaker_stage(_cfg(steps=4, eval_every=4, checkpoint_every=4), world["encoder"],
+                                                world["train"], world["dev"], tmp_path / "clean").parent / "curves.parquet")
+    noisy = pd.read_parquet(tmp_path / "noisy" / "curves.parquet")
+    assert not np.allclose(noisy["loss"], clean["loss"])  # the crops did change

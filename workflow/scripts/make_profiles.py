@@ -16,6 +16,7 @@ TINY = {
                             min_words=4, max_words=8),
     "simulation.conversations": dict(min_duration_s=8.0, max_duration_s=15.0, reverb_prob=0.3),
     "simulation.conversations.room": dict(max_order=8),
+    "simulation.augmentation.room": dict(max_order=8),
     "simulation.sets": {"conversations_dev": {"k": [1, 2, 3], "n_per_k": 1},
                         "conversations_test": {"k": [1, 2, 3, 4, 5], "n_per_k": 1},
                         "mixtures_train": {"k": [1, 2, 3, 4], "n_per_k": 12},

@@ -112,7 +112,7 @@ def test_mlflow_ui_serves_the_runs(project):
     try:
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=echo"
         body = None
-        for _ in range(120):  # bounded: at most ~60 s for the server to start
+        for _ in range(360):  # bounded: at most ~3 min for the server to start on a loaded CI machine
             try:
                 body = json.loads(urllib.request.urlopen(url, timeout=2).read())
                 break

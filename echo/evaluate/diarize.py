@@ -37,6 +37,7 @@ The CLI (``python -m echo diarize``) calls this same class. Scoring: :func:`eval
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import logging
@@ -205,6 +206,8 @@ class TuneConfig:
             one, so the initialisation bounds the blind K); empty = keep the configured one.
         exclusive: candidate output modes, e.g. ``[false, true]`` to check on dev whether the
             router's overlap flags help DER; empty = keep the configured one.
+        dilation_s: candidate speech-detection dilations (``speech.dilation_s``); each value
+            re-encodes the dev conversations once; empty = keep the configured one.
         max_recordings: tune on at most this many dev conversations (evenly spread); None = all.
     """
 
@@ -213,10 +216,14 @@ class TuneConfig:
     loopP: tuple[float, ...] = (0.9, 0.99)
     ahc_threshold: tuple[float, ...] = ()
     exclusive: tuple[bool, ...] = ()
+    dilation_s: tuple[float, ...] = ()
     max_recordings: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "ahc_threshold", tuple(self.ahc_threshold))
+        object.__setattr__(self, "dilation_s", tuple(self.dilation_s))
+        _need(all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in self.dilation_s),
+              "diarize.tune.dilation_s", "a list of seconds >= 0", self.dilation_s)
         object.__setattr__(self, "exclusive", tuple(self.exclusive))
         _need(all(isinstance(v, bool) for v in self.exclusive), "diarize.tune.exclusive", "a list of true/false",
               self.exclusive)
@@ -1030,11 +1037,12 @@ def _split_of(conversations) -> str | None:
 
 
 def tune_on_dev(diarizer: Diarizer, conversations, grid: TuneConfig = TuneConfig()) -> tuple[DiarizerConfig, list[dict]]:
-    """Choose ``Fa``, ``Fb``, ``loopP`` (and optionally the AHC threshold) on DEV conversations
-    by blind primary DER.
+    """Choose ``Fa``, ``Fb``, ``loopP`` (and optionally the AHC threshold, the output mode and
+    the speech dilation) on DEV conversations by blind primary DER.
 
-    Each conversation is encoded and embedded once; only the clustering runs per grid point.
-    Ties keep the earlier grid point (grid order: Fa, Fb, loopP, AHC threshold, exclusive).
+    Each conversation is encoded and embedded once per speech dilation; only the clustering runs
+    per grid point. Ties keep the earlier grid point (grid order: dilation, Fa, Fb, loopP, AHC
+    threshold, exclusive).
 
     Args:
         diarizer: the :class:`Diarizer` (its other settings stay fixed).
@@ -1055,7 +1063,6 @@ def tune_on_dev(diarizer: Diarizer, conversations, grid: TuneConfig = TuneConfig
     items = _pick(_items(conversations), grid.max_recordings)
     if not items:
         raise EchoError("tune_on_dev: no dev conversations")
-    prepared = [diarizer.prepare(it.audio, it.rec_id) for it in tqdm(items, desc="tune: embed", disable=None, leave=False)]
     refs = {it.rec_id: it.annotation for it in items}
     uems = {it.rec_id: it.uem for it in items}
     k_of = {it.rec_id: int(it.k) for it in items}
@@ -1063,18 +1070,25 @@ def tune_on_dev(diarizer: Diarizer, conversations, grid: TuneConfig = TuneConfig
     thresholds = grid.ahc_threshold or (base.ahc.threshold,)
     modes = grid.exclusive or (base.exclusive,)
     rows, best, best_der = [], base, math.inf
-    for fa, fb, lp, th, ex in itertools.product(grid.Fa, grid.Fb, grid.loopP, thresholds, modes):
-        cfg = dataclasses.replace(base, vbx=dataclasses.replace(base.vbx, Fa=float(fa), Fb=float(fb), loopP=float(lp)),
-                                  ahc=dataclasses.replace(base.ahc, threshold=float(th)), exclusive=bool(ex))
-        hyps = {p.uri: diarizer.cluster(p, cfg.vbx, ahc=cfg.ahc, exclusive=cfg.exclusive).annotation for p in prepared}
-        s = score_diarization(refs, hyps, uems, k_of, PRIMARY)
-        acc = float(np.mean([len(hyps[u].labels()) == k_of[u] for u in refs]))
-        rows.append({"Fa": float(fa), "Fb": float(fb), "loopP": float(lp), "ahc_threshold": float(th),
-                     "exclusive": bool(ex), "der": s["der"], "jer": s["jer"], "count_accuracy": acc})
-        if s["der"] < best_der:
-            best, best_der = cfg, s["der"]
-    log.info("tune_on_dev: best Fa=%s Fb=%s loopP=%s ahc=%s exclusive=%s (dev DER %.4f on %d recordings)",
-             best.vbx.Fa, best.vbx.Fb, best.vbx.loopP, best.ahc.threshold, best.exclusive, best_der, len(items))
+    for dil in grid.dilation_s or (base.speech.dilation_s,):
+        speech = dataclasses.replace(base.speech, dilation_s=float(dil))
+        d = copy.copy(diarizer)  # the same model and back end; only the speech setting differs
+        d.config = dataclasses.replace(base, speech=speech)
+        prepared = [d.prepare(it.audio, it.rec_id) for it in tqdm(items, desc="tune: embed", disable=None, leave=False)]
+        for fa, fb, lp, th, ex in itertools.product(grid.Fa, grid.Fb, grid.loopP, thresholds, modes):
+            cfg = dataclasses.replace(d.config, vbx=dataclasses.replace(base.vbx, Fa=float(fa), Fb=float(fb), loopP=float(lp)),
+                                      ahc=dataclasses.replace(base.ahc, threshold=float(th)), exclusive=bool(ex))
+            hyps = {p.uri: d.cluster(p, cfg.vbx, ahc=cfg.ahc, exclusive=cfg.exclusive).annotation for p in prepared}
+            s = score_diarization(refs, hyps, uems, k_of, PRIMARY)
+            acc = float(np.mean([len(hyps[u].labels()) == k_of[u] for u in refs]))
+            rows.append({"Fa": float(fa), "Fb": float(fb), "loopP": float(lp), "ahc_threshold": float(th),
+                         "exclusive": bool(ex), "dilation_s": float(dil), "der": s["der"], "jer": s["jer"],
+                         "count_accuracy": acc})
+            if s["der"] < best_der:
+                best, best_der = cfg, s["der"]
+    log.info("tune_on_dev: best Fa=%s Fb=%s loopP=%s ahc=%s exclusive=%s dilation=%s s (dev DER %.4f on %d recordings)",
+             best.vbx.Fa, best.vbx.Fb, best.vbx.loopP, best.ahc.threshold, best.exclusive, best.speech.dilation_s,
+             best_der, len(items))
     return best, rows
 
 

@@ -299,8 +299,9 @@ def tuning_table(rows: Sequence[Mapping], title: str = "VBx tuning on dev conver
         return f"### {title}\n\nn/a\n"
     best = sorted(rows, key=lambda r: (r["der"] if _finite(r["der"]) else math.inf))[:top]
     body = [[f"{r['Fa']:g}", f"{r['Fb']:g}", f"{r['loopP']:g}", f"{r.get('ahc_threshold', float('nan')):g}",
-             {True: "yes", False: "no"}.get(r.get("exclusive"), "n/a"),
+             {True: "yes", False: "no"}.get(r.get("exclusive"), "n/a"), f"{r.get('dilation_s', float('nan')):g}",
              f"{100 * r['der']:.2f}", f"{100 * r['count_accuracy']:.1f}"] for r in best]
     return "\n".join([f"### {title}", "",
-                      markdown_table(["Fa", "Fb", "loopP", "AHC threshold", "exclusive", "dev DER (%)", "dev count acc. (%)"], body),
+                      markdown_table(["Fa", "Fb", "loopP", "AHC threshold", "exclusive", "speech dilation (s)", "dev DER (%)",
+                                      "dev count acc. (%)"], body),
                       "", f"{len(rows)} grid points; the first row is the one used on test.", ""])

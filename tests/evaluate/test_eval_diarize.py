@@ -169,13 +169,16 @@ def test_tune_on_dev_picks_the_lowest_der_point(backend):
     parts, plda = backend
     d = Diarizer(parts, plda, dataclasses.replace(CFG, exclusive=False))
     items = [Item(f"dev{i}", *_conversation_audio(i, k), Timeline([Segment(0, 8)]), k) for i, k in enumerate((1, 2))]
-    grid = TuneConfig(Fa=(0.1, 0.5), Fb=(5.0,), loopP=(0.99,), ahc_threshold=(0.0, 0.9), exclusive=(False, True))
+    grid = TuneConfig(Fa=(0.1, 0.5), Fb=(5.0,), loopP=(0.99,), ahc_threshold=(0.0, 0.9), exclusive=(False, True),
+                      dilation_s=(0.0, 0.4))
     best, rows = tune_on_dev(d, items, grid)
-    assert len(rows) == 8
+    assert len(rows) == 16 and {r["dilation_s"] for r in rows} == {0.0, 0.4}
     ders = [r["der"] for r in rows]
     i = int(np.argmin(ders))
-    assert (best.vbx.Fa, best.ahc.threshold, best.exclusive) == (rows[i]["Fa"], rows[i]["ahc_threshold"], rows[i]["exclusive"])
-    assert best.windows == CFG.windows  # everything else untouched
+    assert (best.vbx.Fa, best.ahc.threshold, best.exclusive, best.speech.dilation_s) == (
+        rows[i]["Fa"], rows[i]["ahc_threshold"], rows[i]["exclusive"], rows[i]["dilation_s"])
+    assert best.windows == CFG.windows and best.speech.ctc_threshold == CFG.speech.ctc_threshold  # the rest untouched
+    assert d.config.speech.dilation_s == CFG.speech.dilation_s  # the caller's diarizer is not modified
     # each row's DER is what the diarizer with that config gives on the dev items
     again, _ = evaluate_diarization(Diarizer(parts, plda, best), items)
     assert again["primary"]["der"] == pytest.approx(ders[i])
@@ -245,6 +248,8 @@ def test_config_validation():
         SpeechConfig(source="vad")
     with pytest.raises(ConfigError, match="vbx.loopP"):
         TuneConfig(loopP=(1.5,))
+    with pytest.raises(ConfigError, match="diarize.tune.dilation_s"):
+        TuneConfig(dilation_s=(-0.1,))
     with pytest.raises(EchoError, match="speaker head"):
         Diarizer(tiny_parts().encoder, None)
 

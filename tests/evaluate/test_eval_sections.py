@@ -78,8 +78,10 @@ def test_by_k_confusion_ablation_and_tuning_tables():
     assert "blind DER" not in abl  # no stage has it
     assert "blind DER" in ablation_table({"+routing": {**ABIL, "der": 0.2}})
     tune = tuning_table([{"Fa": 0.3, "Fb": 17, "loopP": 0.99, "ahc_threshold": 0.3, "der": 0.2, "count_accuracy": 0.5},
-                         {"Fa": 0.1, "Fb": 5, "loopP": 0.9, "ahc_threshold": 0.3, "der": 0.1, "count_accuracy": 0.75}])
-    assert tune.splitlines()[4].startswith("| 0.1 | 5 | 0.9 |")  # best first
+                         {"Fa": 0.1, "Fb": 5, "loopP": 0.9, "ahc_threshold": 0.3, "exclusive": True, "dilation_s": 0.1,
+                          "der": 0.1, "count_accuracy": 0.75}])
+    assert tune.splitlines()[4] == "| 0.1 | 5 | 0.9 | 0.3 | yes | 0.1 | 10.00 | 75.0 |"  # best first
+    assert tune.splitlines()[5] == "| 0.3 | 17 | 0.99 | 0.3 | n/a | nan | 20.00 | 50.0 |"  # older rows lack the new keys
 
 
 def test_format_cell_and_status():

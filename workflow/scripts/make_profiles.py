@@ -35,7 +35,7 @@ TINY = {
     "evaluation.abilities.trials": dict(n_target=100, n_nontarget=100),
     "evaluation.abilities.bootstrap": dict(n_boot=100),
     "evaluation.backend": dict(max_utts_per_speaker=4),
-    "evaluation.tune": dict(Fa=[0.3], Fb=[5.0, 17.0], loopP=[0.99], ahc_threshold=[0.3]),
+    "evaluation.tune": dict(Fa=[0.3], Fb=[5.0, 17.0], loopP=[0.99], ahc_threshold=[0.3], dilation_s=[0.1, 0.2]),
     "evaluation.separation.bootstrap": dict(n_boot=100),
     "evaluation.bootstrap": dict(n_boot=100),
 }

@@ -71,7 +71,8 @@ def nodes() -> list[Node]:
     out.append(Node(
         "features_train_noisy", "features", "augmented_features", deps=("data/corpus",),
         outs=("data/features/train_noisy",), params=("features", "simulation.augmentation"),
-        code=_code("echo/features.py", "echo/simulate/augment.py", "echo/simulate/room.py"),
+        code=_code("echo/features.py", "echo/simulate/augment.py", "echo/simulate/conversations.py",
+                   "echo/simulate/room.py"),
         wildcards=(("split", "train"),), dirs=frozenset({"data/features/train_noisy"})))
     sim_code = _code("echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py",
                      "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py",

@@ -45,17 +45,22 @@ def corpus(node, raw, run):
         run.log_metrics(_flat_numbers(stats))
 
 
+def _split_rows(node):
+    """The manifest rows of the node's ``split`` wildcard and the phone inventory of ALL splits
+    (one phone set, so label ids agree across the caches)."""
+    from echo.corpus import manifest as mf
+    from echo.features import phone_inventory
+
+    full = mf.read(Path(node.deps[0]) / "manifest.parquet")
+    return full[full["split"] == dict(node.wildcards)["split"]].reset_index(drop=True), phone_inventory(full)
+
+
 def features(node, raw, run):
     """Log-mel features of one split into the sharded cache (phone labels from the alignment)."""
-    from echo.corpus import manifest as mf
-    from echo.features import build_feature_cache, phone_inventory
+    from echo.features import build_feature_cache
 
-    split = dict(node.wildcards)["split"]
-    fe = load_section(raw, "features")
-    full = mf.read(Path(node.deps[0]) / "manifest.parquet")
-    inventory = phone_inventory(full)  # all splits: one phone set, so ids agree across splits
-    df = full[full["split"] == split].reset_index(drop=True)
-    cache = build_feature_cache(df, fe, Path(node.outs[0]), inventory)
+    df, inventory = _split_rows(node)
+    cache = build_feature_cache(df, load_section(raw, "features"), Path(node.outs[0]), inventory)
     if run:
         run.log_metrics({"utterances": len(cache), "frames": float(cache.stats["frames"])})
 
@@ -63,23 +68,19 @@ def features(node, raw, run):
 def augmented_features(node, raw, run):
     """Log-mel features of a noisy, reverberant copy of the training split (same index and labels as
     the clean cache), for the specialisation stages and the diarization backend."""
-    from echo.corpus import manifest as mf
-    from echo.features import build_feature_cache, phone_inventory
+    from echo.corpus.manifest import SILENCE
+    from echo.features import build_feature_cache
     from echo.simulate.augment import Augmenter
 
     fe = load_section(raw, "features")
     augmenter = Augmenter(load_section(raw, "simulation.augmentation"), fe.sample_rate)
-    full = mf.read(Path(node.deps[0]) / "manifest.parquet")
-    inventory = phone_inventory(full)
-    df = full[full["split"] == dict(node.wildcards)["split"]].reset_index(drop=True)
+    df, inventory = _split_rows(node)
     drawn = []
 
     def transform(wave, row):
-        speech = np.zeros(wave.shape[0], bool)  # SNR reference: the aligned phones, not the padding
-        for ph, a, b in zip(row.align_phone, row.align_start, row.align_end):
-            if ph != mf.SILENCE:
-                speech[int(a):int(b)] = True
-        out, info = augmenter(wave, row.utt_id, speech if speech.any() else None)
+        # SNR reference: the aligned phones, not the padding
+        speech = [(int(a), int(b)) for ph, a, b in zip(row.align_phone, row.align_start, row.align_end) if ph != SILENCE]
+        out, info = augmenter(wave, row.utt_id, np.array(speech, dtype=np.int64).reshape(-1, 2))
         drawn.append(info)
         return out
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from echo.errors import ConfigError
-from echo.simulate.room import (RoomConfig, apply_rir, check_range, check_value, noise_at_snr, normalise_fields,
-                                room_config, simulate_rirs)
+from echo.simulate.conversations import draw_noise, reverberate
+from echo.simulate.room import RoomConfig, check_range, check_value, normalise_fields, room_config
 
 __all__ = ["AugmentConfig", "Augmenter"]
 
@@ -69,31 +69,30 @@ class Augmenter:
         utterance does not depend on which other utterances are in the split or their order."""
         return np.random.default_rng([self.cfg.seed, zlib.crc32(utt_id.encode())])
 
-    def __call__(self, wave: np.ndarray, utt_id: str, speech: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    def __call__(self, wave: np.ndarray, utt_id: str, intervals: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
         """The augmented copy of ``wave`` (same length and alignment) and what was drawn.
+
+        The room and the noise are drawn exactly as for a conversation
+        (:func:`~echo.simulate.conversations.reverberate`, then
+        :func:`~echo.simulate.conversations.draw_noise`), from the utterance's own generator.
 
         Args:
             wave: mono float waveform at ``sample_rate``.
             utt_id: the utterance's id (seeds the draws).
-            speech: boolean mask of the samples that carry speech (the SNR reference); default all.
+            intervals: ``[n, 2]`` sample intervals that carry speech (the SNR reference); default,
+                or when they cover nothing, the whole utterance.
 
         Returns:
-            ``(wave, info)`` with ``info`` = ``reverb`` (bool), ``rt60`` and ``snr_db`` (NaN when absent).
+            ``(wave, info)`` with ``info`` = ``reverb`` (bool), ``rt60``, ``snr_db`` and
+            ``noise_exponent`` (NaN when absent).
         """
-        cfg, rng = self.cfg, self.rng(utt_id)
         x = np.asarray(wave, dtype=np.float32)
-        info = {"reverb": False, "rt60": float("nan"), "snr_db": float("nan")}
         if x.size == 0:
-            return x, info
-        if rng.random() < cfg.reverb_prob:
-            (rir,), room = simulate_rirs(1, cfg.room, rng, sample_rate=self.sample_rate)
-            x = apply_rir(x, rir)
-            info.update(reverb=True, rt60=room["rt60"])
-        if cfg.snr_db is not None:
-            active = np.ones(x.shape[0], bool) if speech is None else np.asarray(speech, bool)
-            if not active.any():
-                active = np.ones(x.shape[0], bool)
-            snr, expo = float(rng.uniform(*cfg.snr_db)), float(rng.uniform(*cfg.noise_exponent))
-            x = x + noise_at_snr(x, active, snr, expo, rng)
-            info["snr_db"] = snr
-        return x.astype(np.float32), info
+            return x, {"reverb": False, "rt60": float("nan"), "snr_db": float("nan"), "noise_exponent": float("nan")}
+        rng = self.rng(utt_id)
+        (x,), info = reverberate([x], self.cfg, rng, sample_rate=self.sample_rate)
+        iv = np.asarray(intervals if intervals is not None else np.empty((0, 2)), dtype=np.int64).reshape(-1, 2)
+        if not (iv[:, 1] > iv[:, 0]).any():
+            iv = np.array([[0, x.shape[0]]], dtype=np.int64)
+        noise = draw_noise(x, [iv], self.cfg, rng, info)
+        return (x if noise is None else x + noise).astype(np.float32), info

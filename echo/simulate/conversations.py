@@ -217,13 +217,16 @@ def plan_conversation(pool: UtterancePool, k: int, cfg: ConversationConfig, rng:
     return ConversationPlan(k, speakers, gains, tuple(turns), int(total), target)
 
 
-def reverberate(signals: list[np.ndarray], cfg, rng: np.random.Generator) -> tuple[list[np.ndarray], dict]:
+def reverberate(signals: list[np.ndarray], cfg, rng: np.random.Generator,
+                sample_rate: int = SAMPLE_RATE) -> tuple[list[np.ndarray], dict]:
     """With probability ``cfg.reverb_prob``, put the signals (one per speaker) in one simulated room.
 
     Args:
         signals: one signal per speaker, aligned to the recording.
-        cfg: a :class:`ConversationConfig` or :class:`~echo.simulate.mixtures.MixtureConfig`.
+        cfg: a :class:`ConversationConfig`, :class:`~echo.simulate.mixtures.MixtureConfig` or
+            :class:`~echo.simulate.augment.AugmentConfig` (``reverb_prob`` and ``room``).
         rng: the recording's generator.
+        sample_rate: the signals' rate (the RIRs are simulated at it).
 
     Returns:
         ``(signals, info)``: the reverberant images (or the signals themselves) and the recording's
@@ -231,7 +234,7 @@ def reverberate(signals: list[np.ndarray], cfg, rng: np.random.Generator) -> tup
     """
     info = {"reverb": False, "rt60": float("nan"), "snr_db": float("nan"), "noise_exponent": float("nan")}
     if rng.random() < cfg.reverb_prob:
-        rirs, room = simulate_rirs(len(signals), cfg.room, rng)
+        rirs, room = simulate_rirs(len(signals), cfg.room, rng, sample_rate=sample_rate)
         signals = [apply_rir(x, h) for x, h in zip(signals, rirs)]
         info.update(reverb=True, rt60=room["rt60"])
     return signals, info
@@ -243,7 +246,8 @@ def draw_noise(speech: np.ndarray, intervals, cfg, rng: np.random.Generator, inf
     Args:
         speech: the recording's speech (sum of the speakers).
         intervals: per-speaker ``[n, 2]`` speech intervals in samples (the active region).
-        cfg: a :class:`ConversationConfig` or :class:`~echo.simulate.mixtures.MixtureConfig`.
+        cfg: a :class:`ConversationConfig`, :class:`~echo.simulate.mixtures.MixtureConfig` or
+            :class:`~echo.simulate.augment.AugmentConfig` (``snr_db`` and ``noise_exponent``).
         rng: the recording's generator.
         info: the recording's info; ``snr_db`` and ``noise_exponent`` are recorded in it.
 

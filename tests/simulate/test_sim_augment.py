@@ -20,7 +20,7 @@ def test_noise_only_hits_the_drawn_snr_over_the_speech_samples():
     speech = np.zeros(x.size, bool)
     speech[4000:12000] = True
     aug = Augmenter(AugmentConfig(snr_db=(10.0, 10.0), reverb_prob=0.0), SR)
-    y, info = aug(x, "utt-1", speech)
+    y, info = aug(x, "utt-1", np.array([[4000, 12000]]))
     assert y.shape == x.shape and y.dtype == np.float32
     noise = y.astype(np.float64) - x
     snr = 10 * np.log10(np.mean(x[speech].astype(np.float64) ** 2) / np.mean(noise ** 2))
@@ -68,3 +68,12 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"simulation.augmentation.room: unknown key"):
         AugmentConfig(room={"rt60": 0.3})
     assert AugmentConfig(snr_db=[5, 10]).snr_db == (5, 10)  # YAML lists become tuples
+
+
+def test_no_speech_intervals_means_the_whole_utterance_is_the_snr_reference():
+    x = _speech(0.5)
+    aug = Augmenter(AugmentConfig(reverb_prob=0.0), SR)
+    whole, _ = aug(x, "u")
+    for empty in (np.empty((0, 2), np.int64), np.array([[300, 300]])):
+        assert np.array_equal(aug(x, "u", empty)[0], whole)
+    assert not np.array_equal(aug(x, "u", np.array([[0, 800]]))[0], whole)

@@ -250,6 +250,8 @@ def test_config_validation():
         TuneConfig(loopP=(1.5,))
     with pytest.raises(ConfigError, match="diarize.tune.dilation_s"):
         TuneConfig(dilation_s=(-0.1,))
+    with pytest.raises(ConfigError, match="diarize.backend.augmented: expected true or false"):
+        BackendConfig(augmented="yes")
     with pytest.raises(EchoError, match="speaker head"):
         Diarizer(tiny_parts().encoder, None)
 

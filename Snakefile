@@ -3,6 +3,19 @@
 # each workflow/rules/<stage>.smk turns that stage's nodes into rules. dvc.yaml is generated from
 # the same registry (python -m echo.pipeline dvc).
 
+# Parsed by echo.config first: a YAML syntax error is one line naming the file and line (Snakemake's own
+# message has neither); the values are validated in workflow/rules/common.smk.
+import sys
+
+from echo.config import ConfigError, load_raw
+
+try:
+    load_raw("params.yaml")
+except ConfigError as e:
+    sys.stderr.write(f"echo: error: {e}\n")
+    sys.exit(2)
+
+
 configfile: "params.yaml"
 
 

@@ -40,9 +40,10 @@ SECTIONS: dict[str, str] = {
     "stages.speaker": "echo.stages.speaker:SpeakerStageConfig",
     "stages.phonetic": "echo.stages.phonetic:PhoneticStageConfig",
     "stages.routing": "echo.stages.routing:RoutingStageConfig",
+    "stages.segmentation": "echo.stages.segmentation:SegmentationStageConfig",
     "evaluation.abilities": "echo.evaluate.abilities:AbilityConfig",
-    "evaluation.diarizer": "echo.evaluate.diarize:DiarizerConfig",
-    "evaluation.backend": "echo.evaluate.diarize:BackendConfig",
+    "evaluation.diarizer": "echo.diarization.diarizer:DiarizerConfig",
+    "evaluation.backend": "echo.diarization.backend:BackendConfig",
     "evaluation.tune": "echo.evaluate.diarize:TuneConfig",
     "evaluation.separation": "echo.evaluate.separation:SeparationConfig",
     "evaluation.bootstrap": "echo.metrics.bootstrap:BootstrapConfig",
@@ -57,16 +58,27 @@ REAL_SOURCES = ("voxceleb2", "voxceleb1", "librispeech")
 
 
 def load_raw(path: str | Path) -> dict:
-    """Read a params YAML file into a dict (no validation)."""
+    """Read a params YAML file into a dict (no validation).
+
+    Raises:
+        ConfigError: one line: a missing file, or a syntax error with its line, e.g.
+            ``params.yaml:12: could not parse YAML: mapping values are not allowed here``.
+    """
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: params file not found")
+    if path.is_dir():
+        raise ConfigError(f"{path}: expected a params YAML file, got a directory")
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: could not parse YAML: not UTF-8 text") from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+        # one line, ``file:line: could not parse YAML: problem`` (the compiler's convention)
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{mark.line + 1}:" if mark is not None else ""
+        problem = getattr(e, "problem", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"{path}:{where} could not parse YAML: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return data

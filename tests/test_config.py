@@ -1,3 +1,8 @@
+import re
+import shutil
+import subprocess
+import sys
+
 import pytest
 import yaml
 
@@ -29,6 +34,37 @@ def test_bad_params_one_line(mutate, expect):
     with pytest.raises(ConfigError) as e:
         validate_raw(p)
     assert expect in str(e.value) and "\n" not in str(e.value)
+
+
+def _broken_params(tmp_path):
+    """The real params.yaml with a YAML syntax error on one of its value lines; returns (dir, line)."""
+    lines = (ROOT / "params.yaml").read_text().splitlines()
+    i = next(i for i, line in enumerate(lines) if i >= 10 and re.match(r"^\s+\w+: \S", line))
+    lines[i] += " : oops"  # "key: value : oops" -> mapping values are not allowed here
+    (tmp_path / "params.yaml").write_text("\n".join(lines) + "\n")
+    return tmp_path, i + 1
+
+
+def test_yaml_syntax_error_is_one_line_with_file_and_line(tmp_path):
+    d, line = _broken_params(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        load_raw(d / "params.yaml")
+    assert str(e.value) == f"{d / 'params.yaml'}:{line}: could not parse YAML: mapping values are not allowed here"
+    # the workflow's own entry point: one line on stderr, exit status 2
+    r = subprocess.run([sys.executable, "-m", "echo.pipeline", "validate", "--params", "params.yaml"], cwd=d,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [f"echo: error: params.yaml:{line}: could not parse YAML: "
+                                             "mapping values are not allowed here"]
+
+
+def test_yaml_syntax_error_in_snakemake_dry_run(tmp_path):
+    d, line = _broken_params(tmp_path)
+    shutil.copy(ROOT / "Snakefile", d / "Snakefile")  # it fails on params.yaml before any include
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n"], cwd=d, capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout
+    assert r.stderr.strip().splitlines() == [f"echo: error: params.yaml:{line}: could not parse YAML: "
+                                             "mapping values are not allowed here"], r.stderr
 
 
 def test_build_rejects_unknown_and_wrong_type():

@@ -237,6 +237,31 @@ def test_checkpoint_from_another_model_version(env, capsys, tmp_path):
     assert not (tmp_path / "o.rttm").exists()
 
 
+@pytest.mark.parametrize("kind", ["truncated", "random-bytes", "raw-pickle"])
+def test_damaged_head_file_is_one_line_naming_the_file(env, capsys, tmp_path, kind):
+    import pickle
+    import warnings
+
+    root, bundle, files = env
+    bad = shutil.copytree(bundle, tmp_path / "bad")
+    head = bad / "speaker.pt"
+    if kind == "truncated":
+        head.write_bytes(head.read_bytes()[:300])
+    elif kind == "random-bytes":
+        head.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    else:  # a pickle of an arbitrary object: refused by the weights-only loader, and no torch warning
+        head.write_bytes(pickle.dumps({"kind": "speaker", "obj": _talk}, protocol=4))
+    reason = {"truncated": "truncated or corrupt archive", "random-bytes": "not a torch checkpoint",
+              "raw-pickle": "a plain pickle, not a torch checkpoint"}[kind]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc, stdout, err = run(["diarize", files["wav"], "--rttm", tmp_path / "o.rttm", "--checkpoint", bad], capsys)
+    assert rc == 1 and stdout == ""
+    assert err.strip().splitlines() == [f"echo: error: {head}: not a readable Echo speaker head ({reason})"]
+    assert not caught, [str(w.message) for w in caught]
+    assert not (tmp_path / "o.rttm").exists()
+
+
 def test_default_model_is_announced_and_missing_one_says_how_to_train(env, capsys, tmp_path, monkeypatch):
     root, bundle, files = env
     monkeypatch.delenv("ECHO_MODEL", raising=False)

@@ -20,6 +20,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import pickle
+import re
+import warnings
+import zipfile
 from typing import Any
 
 import torch
@@ -27,7 +31,7 @@ import torch
 from echo.errors import CacheMismatchError, ConfigError, EchoError
 from echo.io import atomic_path
 
-__all__ = ["CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "config_from_dict"]
+__all__ = ["CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "read_torch", "config_from_dict"]
 
 CHECKPOINT_VERSION = 1
 
@@ -67,11 +71,12 @@ def load_checkpoint(path: str | os.PathLike, kind: str) -> dict[str, Any]:
 
     Raises:
         EchoError: the file is missing.
-        CacheMismatchError: the file holds another head or an unknown format version.
+        CacheMismatchError: the file is damaged or not a torch checkpoint (one line naming the file,
+            see :func:`read_torch`), holds another head or an unknown format version.
     """
     if not os.path.exists(path):
         raise EchoError(f"{path}: head checkpoint not found")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = read_torch(path, f"Echo {kind} head")
     if not isinstance(payload, dict) or payload.get("kind") != kind:
         got = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
         raise CacheMismatchError(f"{path}: expected a '{kind}' head checkpoint, got {got!r}")
@@ -79,6 +84,45 @@ def load_checkpoint(path: str | os.PathLike, kind: str) -> dict[str, Any]:
         raise CacheMismatchError(
             f"{path}: checkpoint version {payload.get('version')!r}, expected {CHECKPOINT_VERSION}")
     return payload
+
+
+def read_torch(path: str | os.PathLike, what: str, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one error for every way the file can be damaged.
+
+    The one reader of Echo's weight files (the heads here, the encoder in
+    :meth:`echo.models.vit.Encoder.load`). Only tensors and plain values are accepted, so no pickled
+    code runs; torch's warnings and its advice to retry with ``weights_only=False`` never reach the user.
+
+    Args:
+        path: the file (check that it exists first: a missing file has its own message).
+        what: what the file should hold, for the message (e.g. ``"Echo speaker head"``).
+        map_location: passed to ``torch.load``.
+
+    Raises:
+        CacheMismatchError: one line ``<path>: not a readable <what> (<short reason>)``.
+    """
+    head = b""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4 in the checkpoint"
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises assorted types for foreign, truncated or hostile files
+        if isinstance(e, OSError) and e.strerror:
+            reason = e.strerror.lower()
+        elif not head:
+            reason = "empty file"
+        elif head != b"PK\x03\x04":  # torch.save writes a zip archive
+            reason = "a plain pickle, not a torch checkpoint" if head[:1] == b"\x80" else "not a torch checkpoint"
+        elif isinstance(e, pickle.UnpicklingError):
+            m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+            reason = f"holds a pickled Python object{f' {m.group(1)}' if m else ''}, refused"
+        elif isinstance(e, (RuntimeError, EOFError, zipfile.BadZipFile)):
+            reason = "truncated or corrupt archive"
+        else:
+            reason = type(e).__name__
+        raise CacheMismatchError(f"{path}: not a readable {what} ({reason})") from None
 
 
 def config_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from echo.errors import CacheMismatchError, ConfigError, EchoError
+from echo.heads import read_torch
 from echo.io import atomic_path
 
 __all__ = ["EncoderConfig", "Encoder", "EncoderOutput", "Block", "RotaryTable", "rope_angles", "gather_tokens",
@@ -370,10 +371,7 @@ class Encoder(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise EchoError(f"{path}: encoder checkpoint not found")
-        try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:  # torch raises several types for foreign/corrupt files
-            raise CacheMismatchError(f"{path}: not a readable encoder checkpoint ({type(e).__name__})") from None
+        payload = read_torch(path, "Echo encoder", map_location)
         if not isinstance(payload, dict) or payload.get("format") != ENCODER_FORMAT:
             raise CacheMismatchError(f"{path}: not an Echo encoder checkpoint (expected format {ENCODER_FORMAT!r})")
         if payload.get("version") != ENCODER_FORMAT_VERSION:

@@ -112,3 +112,52 @@ def test_pretrain_bundle_has_only_the_encoder(tmp_path):
         loaded.route(z.features)
     with pytest.raises(EchoError, match="stage"):
         EchoModel(m.encoder, m.frontend, "finetune")
+
+
+class _Hostile:
+    """Unpickling this would run code (sets a flag): the loader must refuse it, not run it."""
+
+    def __reduce__(self):
+        return (exec, ("import builtins; builtins._echo_pwned = True",))
+
+
+_DAMAGE = {
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[:300]), "truncated or corrupt archive"),
+    "random-bytes": (lambda p: p.write_bytes(bytes(_random_bytes())), "not a torch checkpoint"),
+    "empty": (lambda p: p.write_bytes(b""), "empty file"),
+    "raw-pickle": (lambda p: p.write_bytes(__import__("pickle").dumps(_Hostile())),
+                   "a plain pickle, not a torch checkpoint"),
+    "pickled-object-in-archive": (lambda p: torch.save({"kind": "speaker", "x": _Hostile()}, p),
+                                  "holds a pickled Python object"),
+}
+
+
+def _random_bytes(n=4096):
+    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).tolist()
+
+
+@pytest.mark.parametrize("kind", sorted(_DAMAGE))
+def test_damaged_head_file_is_one_line_naming_the_file(tmp_path, kind):
+    import builtins
+    import warnings
+
+    _model().save(tmp_path / "m")
+    damage, reason = _DAMAGE[kind]
+    damage(tmp_path / "m" / "speaker.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CacheMismatchError) as e:
+            EchoModel.load(tmp_path / "m")
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'm' / 'speaker.pt'}: not a readable Echo speaker head ({reason}"), msg
+    assert "\n" not in msg and "weights_only" not in msg and "another" not in msg
+    assert not caught, [str(w.message) for w in caught]  # no torch warning leaks
+    assert not getattr(builtins, "_echo_pwned", False)
+
+
+def test_damaged_encoder_file_names_the_file(tmp_path):
+    _model().save(tmp_path / "m")
+    (tmp_path / "m" / "encoder.pt").write_bytes(b"not weights")
+    with pytest.raises(CacheMismatchError) as e:
+        EchoModel.load(tmp_path / "m")
+    assert str(e.value) == f"{tmp_path / 'm' / 'encoder.pt'}: not a readable Echo encoder (not a torch checkpoint)"

@@ -6,7 +6,12 @@ schema migrations collide and corrupt it (``_alembic_tmp_tags already exists``).
 the experiment and the parent run once; parallel jobs only append child runs afterwards.
 
 The store lives in the working directory (``mlflow.db``, artifacts under ``mlartifacts/``), so
-``mlflow ui --backend-store-uri sqlite:///mlflow.db`` run there shows everything.
+``mlflow ui --backend-store-uri sqlite:///mlflow.db`` run there shows everything. The artifact
+location is stored *relative* (``mlartifacts``, and ``mlartifacts/<run>/artifacts`` per run): MLflow
+resolves it against the reader's current directory, so a copied or moved project (``cp -r``,
+``mv``) still finds its own artifacts. MLflow itself makes every location absolute when it creates
+an experiment; :func:`_experiment_id` rewrites it (and the locations of runs logged by older
+versions of this module, which stored absolute paths) in the SQLite store.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ __all__ = ["tracking_uri", "start_parent", "parent_run_id", "NodeRun", "node_run
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "echo"
+ARTIFACTS = "mlartifacts"  # the experiment's artifact location, relative to the project directory
 PARENT_FILE = Path(".echo") / "mlflow_parent_run"
 
 
@@ -48,10 +54,34 @@ def _client(workdir: str | Path | None = None):
 
 def _experiment_id(client, workdir: str | Path | None = None) -> str:
     exp = client.get_experiment_by_name(EXPERIMENT)
-    if exp is not None:
-        return exp.experiment_id
-    art = (Path(workdir or Path.cwd()).resolve() / "mlartifacts").as_uri()
-    return client.create_experiment(EXPERIMENT, artifact_location=art)
+    if exp is None:
+        art = (Path(workdir or Path.cwd()).resolve() / ARTIFACTS).as_uri()
+        exp = client.get_experiment(client.create_experiment(EXPERIMENT, artifact_location=art))
+    if exp.artifact_location != ARTIFACTS:
+        _make_relative(workdir, exp.experiment_id, exp.artifact_location)
+    return exp.experiment_id
+
+
+def _make_relative(workdir: str | Path | None, experiment_id: str, location: str) -> None:
+    """Store the experiment's artifact location (and its runs') as ``mlartifacts`` relative paths.
+
+    Only an Echo location (``file://<some project>/mlartifacts``, wherever the project was then) is
+    rewritten; one a user pointed elsewhere (another folder, object storage) is kept. MLflow has no
+    API to change an experiment's artifact location, hence SQL on the store.
+    """
+    import sqlite3
+    from urllib.parse import urlparse
+
+    u = urlparse(location)
+    if u.scheme not in ("", "file") or Path(u.path).name != ARTIFACTS:
+        return
+    db = Path(workdir or Path.cwd()).resolve() / "mlflow.db"
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as con, con:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                    (ARTIFACTS, int(experiment_id)))
+        con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                    "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                    (ARTIFACTS, len(location) + 1, int(experiment_id), len(location), location))
 
 
 def git_commit(workdir: str | Path | None = None) -> str | None:
@@ -109,8 +139,9 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
 class NodeRun:
     """A child run for one workflow job: metrics, curves and small artifacts go here."""
 
-    def __init__(self, client, run_id: str):
+    def __init__(self, client, run_id: str, workdir: str | Path | None = None):
         self.client, self.run_id = client, run_id
+        self.workdir = Path(workdir or Path.cwd()).resolve()
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Log finite scalar metrics (non-finite values are skipped: MLflow rejects NaN in SQLite)."""
@@ -123,10 +154,20 @@ class NodeRun:
             self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Copy a file or directory into the run's artifacts (under the project's ``mlartifacts/``)."""
+        from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
         p = Path(path)
-        if p.is_dir():
+        if not p.exists():
+            return
+        uri = self.client.get_run(self.run_id).info.artifact_uri
+        if "://" not in uri and not Path(uri).is_absolute():  # relative: to the project, not the cwd
+            uri = str(self.workdir / uri)
+            repo = LocalArtifactRepository(uri)
+            repo.log_artifacts(str(p), artifact_path) if p.is_dir() else repo.log_artifact(str(p), artifact_path)
+        elif p.is_dir():
             self.client.log_artifacts(self.run_id, str(p), artifact_path)
-        elif p.exists():
+        else:
             self.client.log_artifact(self.run_id, str(p), artifact_path)
 
     def set_tag(self, key: str, value: str) -> None:
@@ -162,7 +203,7 @@ def node_run(node: str, params: dict, wildcards: dict | None = None, workdir: st
     items = [Param(k[:250], v) for k, v in sorted(flat.items())]
     for i in range(0, len(items), 90):
         client.log_batch(run.info.run_id, params=items[i:i + 90])
-    nr = NodeRun(client, run.info.run_id)
+    nr = NodeRun(client, run.info.run_id, workdir)
     try:
         yield nr
     except BaseException:

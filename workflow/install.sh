@@ -129,7 +129,10 @@ EOF
 }
 pkg_stamp=".echo-pkg-$(sha256sum "$here/pyproject.toml" | cut -c1-16)"
 install_pkg() {  # install_pkg DIR: this checkout's package, editable, into DIR
-  "$1/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$here" >/dev/null
+  local out
+  if ! out="$("$1/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$here" 2>&1)"; then
+    echo "$out" >&2; exit 1  # setuptools' warnings only when it fails
+  fi
   rm -f "$1"/.echo-pkg-*; touch "$1/$pkg_stamp"
 }
 
@@ -138,7 +141,7 @@ if [[ -L "$venv" || ! -f "$venv/pyvenv.cfg" || "$(pyver "$venv/bin/python")" != 
   # built beside and renamed into place: .venv is never half made (nor missing while it is built)
   tmp="$here/.venv.tmp"
   rm -rf "$tmp"
-  "$deps/bin/python" -m venv --without-pip "$tmp"
+  "$deps/bin/python" -m venv --without-pip --prompt .venv "$tmp"
   link_venv "$tmp"
   install_pkg "$tmp"
   # the scripts and settings the venv tool and pip wrote name the temporary directory
@@ -148,6 +151,7 @@ import os, sys
 p = sys.argv[1]; s = open(p, "rb").read()
 open(p, "wb").write(s.replace(os.environ["TMP"].encode(), os.environ["FINAL"].encode()))' "$f"
   done
+  rm -rf "$tmp"/lib/python*/site-packages/__pycache__
   if [[ -L "$venv" ]]; then rm -f "$venv"; elif [[ -e "$venv" ]]; then rm -rf "$venv"; fi
   mv "$tmp" "$venv"
 else

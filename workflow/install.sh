@@ -48,16 +48,6 @@ print("\n".join(p["dependencies"] + (p["optional-dependencies"]["test"] if sys.a
   touch "$stamp$extras"
 fi
 deps_site="$("$deps/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-# Before, the shared environment held an editable install of whichever checkout ran this last.
-# Remove it when it is this checkout's (or not editable); another checkout's is hidden (see the .pth
-# below) until that checkout runs this script.
-if compgen -G "$deps_site/echo_jepa-*.dist-info" >/dev/null; then
-  if ! compgen -G "$deps_site/__editable__*echo_jepa*" >/dev/null \
-      || grep -qsF "'$here/echo'" "$deps_site"/__editable___echo_jepa_*_finder.py; then
-    echo "[install] removing echo-jepa from the shared environment (each checkout has its own now)"
-    "$deps/bin/python" -m pip uninstall -q -y echo-jepa
-  fi
-fi
 
 # -- this checkout's environment --------------------------------------------------------------------
 pyver() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true; }
@@ -159,6 +149,16 @@ else
   where="$("$venv/bin/python" -c 'import echo; print(echo.__file__)' 2>/dev/null || true)"
   if [[ ! -f "$venv/$pkg_stamp" || "$where" != "$here/echo/__init__.py" ]]; then
     install_pkg "$venv"
+  fi
+fi
+# Before, the shared environment held an editable install of whichever checkout ran this last.
+# Remove it when it is this checkout's (or not editable), now that .venv is this checkout's own;
+# another checkout's is hidden (see _echo_deps.py) until that checkout runs this script.
+if compgen -G "$deps_site/echo_jepa-*.dist-info" >/dev/null; then
+  if ! compgen -G "$deps_site/__editable__*echo_jepa*" >/dev/null \
+      || grep -qsF "'$here/echo'" "$deps_site"/__editable___echo_jepa_*_finder.py; then
+    echo "[install] removing echo-jepa from the shared environment (each checkout has its own now)"
+    "$deps/bin/python" -m pip uninstall -q -y echo-jepa
   fi
 fi
 "$venv/bin/python" -c "

@@ -6,22 +6,23 @@
     python benchmarks/diarize_rtf.py --stages-minutes 2      # also: where the time goes, per stage
     python benchmarks/diarize_rtf.py --device cuda
 
-Each measurement runs the real command line in a fresh process (decode + encoder + speaker head +
-PLDA/AHC/VBx + RTTM, model loading and Python start-up included); the process writes its own peak
+Each measurement runs the real command line in a fresh process (decode + encoder + segmentation head
++ speaker head + PLDA/AHC/VBx + RTTM, ``Diarizer.from_pretrained`` and Python start-up included); the process writes its own peak
 resident memory (``VmHWM`` of /proc/self/status) when it ends (tracemalloc does not see torch's
 allocations, and ``wait4``'s figure includes this benchmark process's memory at fork time). The start-up
 cost is measured on a 5 s file and printed, so it can be told apart from per-second costs.
 
 Without ``--checkpoint`` a bundle of the default profile's shapes (encoder d=512, 4 blocks, MLP 1024,
 8 heads, as in params.yaml; ``--paper``: the 25.4M paper profile, 8 blocks, MLP 2048; default
-speaker/CTC/router heads) with random weights is built in a temporary folder,
-with a PLDA fitted on random embeddings: the cost does not depend on the weights' values (with a
-random CTC head every token counts as speech, the worst case for the number of embedded windows).
+speaker/CTC/router/segmentation heads) with random weights is built in a temporary folder and
+written with ``Diarizer.save``, with a PLDA fitted on random embeddings: the cost does not depend
+much on the weights' values (the segmentation chunks are fixed by the recording's length; only the
+clustering sees how many local speakers the random segmentation head finds).
 The long input is espeak-ng speech of four voices taking turns (tiled from a few minutes of
 synthesised turns), or noise bursts when espeak-ng is not installed, written as 16 kHz FLAC.
 
 ``--stages-minutes`` additionally times, in this process, how one recording's diarization splits
-between log-mel, encoder, CTC head, speaker head, router and clustering (forward hooks on the
+between log-mel, encoder, segmentation head, speaker head and clustering (forward hooks on the
 modules; log-mel and bookkeeping are the remainder). The machine's load average is printed next
 to the figures, and a last line compares them with pyannote.audio's CPU figures measured on this
 kind of machine (docs: /work/shared/notes/anchors.md).
@@ -92,13 +93,16 @@ def long_recording(turns: list[np.ndarray], seconds: float, seed: int = 0) -> np
 
 
 def default_bundle(path: Path, paper: bool = False) -> Path:
-    """A bundle of the default profile's shapes (or the paper profile's) with random weights, plus a
-    PLDA fitted on random embeddings."""
+    """The deployable folder (``Diarizer.save``: bundle + ``plda.npz`` + ``diarizer.json``) of a model
+    of the default profile's shapes (or the paper profile's) with random weights and default
+    diarizer settings, with a PLDA fitted on random embeddings."""
     import torch
 
+    from echo.diarization.diarizer import Diarizer, DiarizerConfig
     from echo.diarization.plda import PLDA
     from echo.heads.ctc import CTCConfig, CTCHead, PhoneInventory
     from echo.heads.router import SourceRouter
+    from echo.heads.segmentation import SegmentationConfig, SegmentationHead
     from echo.heads.speaker import SpeakerConfig, SpeakerHead
     from echo.models.bundle import EchoModel
     from echo.models.vit import Encoder, EncoderConfig
@@ -106,14 +110,14 @@ def default_bundle(path: Path, paper: bool = False) -> Path:
     torch.manual_seed(0)
     phones = tuple("a b d e f g h i k l m n o p r s t u v w z".split())
     shape = EncoderConfig() if paper else EncoderConfig(dim=512, depth=4, mlp_dim=1024, heads=8)
-    model = EchoModel(Encoder(shape), stage="routing", speaker=SpeakerHead(),
-                      ctc=CTCHead(CTCConfig(), PhoneInventory(phones)), router=SourceRouter())
-    model.eval().save(path)
+    model = EchoModel(Encoder(shape), stage="segmentation", speaker=SpeakerHead(SpeakerConfig(d_model=shape.dim)),
+                      ctc=CTCHead(CTCConfig(d_model=shape.dim), PhoneInventory(phones)), router=SourceRouter(),
+                      segmentation=SegmentationHead(SegmentationConfig(d_model=shape.dim)))
     rng = np.random.default_rng(0)
     emb = SpeakerConfig().emb_dim
     x = np.repeat(rng.normal(size=(200, emb)), 10, 0) + 0.5 * rng.normal(size=(2000, emb))
-    PLDA.fit(x, np.repeat(np.arange(200), 10)).save(path / "plda.npz")
-    return path
+    plda = PLDA.fit(x, np.repeat(np.arange(200), 10))
+    return Diarizer(model.eval(), plda, DiarizerConfig()).save(path)
 
 
 # The child reports its own high-water mark (VmHWM): wait4's ru_maxrss also counts the pages the
@@ -153,14 +157,15 @@ def stage_breakdown(bundle: Path, wave: np.ndarray, threads: int, device: str) -
     """Seconds per stage of one in-process diarization (encoder, heads by forward hooks)."""
     import torch
 
-    from echo.cli import load_diarizer, load_model
+    from echo.diarization.diarizer import Diarizer
 
     torch.set_num_threads(threads)
-    model = load_model(bundle, device)
-    d = load_diarizer(bundle, model)
+    d = Diarizer.from_pretrained(bundle, device=device)
+    model = d.model
     spent: dict[str, float] = {}
     started: dict[str, float] = {}
-    modules = {"encoder": model.encoder, "ctc head": model.ctc, "speaker head": model.speaker, "router": model.router}
+    # the diarizer runs the encoder, the segmentation head and the speaker head (not CTC, not the router)
+    modules = {"encoder": model.encoder, "segmentation head": model.segmentation, "speaker head": model.speaker}
     for name, mod in modules.items():
         if mod is None:
             continue
@@ -173,9 +178,10 @@ def stage_breakdown(bundle: Path, wave: np.ndarray, threads: int, device: str) -
     d.cluster(prep)
     t2 = time.perf_counter()
     out = dict(spent)
-    out["log-mel + windows + bookkeeping"] = (t1 - t0) - sum(spent.values())
-    out["AHC + VBx + annotation"] = t2 - t1
-    out["windows"] = len(prep.windows)
+    out["log-mel + chunks + bookkeeping"] = (t1 - t0) - sum(spent.values())
+    out["AHC + VBx + reconstruction"] = t2 - t1
+    out["chunks"] = len(prep.starts)
+    out["local speakers"] = int(prep.valid.sum())
     return out
 
 
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--checkpoint", type=Path, help="bundle to time (default: random default-shape bundle)")
     ap.add_argument("--paper", action="store_true", help="random bundle of the 25.4M paper profile instead")
-    ap.add_argument("--exclusive", action="store_true", help="diarize with --exclusive (no router, no overlap)")
+    ap.add_argument("--exclusive", action="store_true", help="diarize with --exclusive (the RTTM written is the exclusive one; same work)")
     ap.add_argument("--stages-minutes", type=float, default=0.0, help="also time the stages on this many minutes")
     ap.add_argument("--keep", type=Path, help="keep the generated audio and bundle in this folder")
     args = ap.parse_args(argv)
@@ -219,9 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.stages_minutes > 0:
             stages = stage_breakdown(bundle, long_recording(turns, args.stages_minutes * 60.0), args.threads, args.device)
             audio = args.stages_minutes * 60.0
-            print(f"where the time goes ({args.stages_minutes:g} min, {stages['windows']} windows, in-process):")
+            print(f"where the time goes ({args.stages_minutes:g} min, {stages['chunks']} segmentation chunks, "
+                  f"{stages['local speakers']} local speakers, in-process):")
             for k, v in stages.items():
-                if k != "windows":
+                if k not in ("chunks", "local speakers"):
                     print(f"{k:>34}: {v:7.2f} s   RTF {v / audio:.4f}")
         p_lo, p_hi = PYANNOTE_CPU["rtf"]
         for r in rows[1:]:

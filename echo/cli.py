@@ -1,27 +1,39 @@
 """Echo on your own recordings: diarize, separate (latent streams), transcribe phones, embed speakers.
 
     python -m echo diarize meeting.m4a --rttm meeting.rttm           # who spoke when (blind K)
-    python -m echo diarize a.wav b.flac --out-dir rttm/ --num-speakers 2
+    python -m echo diarize a.wav calls/ --out-dir out/ --num-speakers 2 [--embeddings]
     python -m echo separate meeting.wav --out-dir sources/           # per-source activity + latents
     python -m echo transcribe talk.mp3 --out talk.tsv                # phones with times (CTC head)
     python -m echo embed voice.flac --out voice.npy [--per-window]   # speaker embedding(s)
 
 (``echo-jepa`` is the same program as ``python -m echo``.) Without ``--checkpoint`` the model
 the default workflow trains is used: ``models/echo`` under the current directory (or ``$ECHO_MODEL``),
-a bundle directory (:class:`echo.models.bundle.EchoModel`) with the PLDA back end of the
-diarizer in ``plda.npz``.
+the folder :meth:`echo.diarization.diarizer.Diarizer.save` writes (the model bundle,
+:class:`echo.models.bundle.EchoModel`, plus the diarizer's PLDA back end ``plda.npz`` and its
+settings ``diarizer.json``); ``diarize`` loads it with ``Diarizer.from_pretrained``.
 
 Inputs: WAV/FLAC/OGG/AIFF (soundfile) and MP3/M4A/anything FFmpeg reads (torchcodec), any sample
 rate and channel count; everything is mixed to mono and resampled to 16 kHz while it is read in
-blocks (:mod:`echo.inference`). ``diarize`` streams seekable files (WAV/FLAC/OGG/AIFF) through
-the diarizer a chunk at a time, after a first pass that counts samples and checks for silence, so
-its memory does not grow with the recording; otherwise the 16 kHz signal of the whole recording
-is kept in memory (230 MB per hour) and the encoder sees it in chunks.
+blocks (:mod:`echo.inference`). ``diarize`` also takes folders (their audio files, sorted, not
+recursive) and streams seekable files (WAV/FLAC/OGG/AIFF) through the diarizer a chunk at a time
+(:class:`~echo.diarization.diarizer.BlockReader`), after a first pass that counts samples and
+checks for silence, so its memory does not grow with the recording; otherwise the 16 kHz signal of
+the whole recording is kept in memory (230 MB per hour) and the encoder sees it in chunks.
 
-Errors: every problem with an input or a model is one line ``echo: error: <file>: <problem>`` on
-stderr and exit status 1 (2 for bad command-line usage). With several inputs, all of them are
-checked (headers) before any is processed, and results are written only after every input was
-processed: one bad input means no output at all, never a partial set. Each output file is
+``diarize`` outputs: the overlapping RTTM (``--exclusive``: the exclusive one) on stdout, in
+``--rttm FILE``, or with ``--out-dir DIR`` per input ``<name>.rttm`` and ``<name>.json`` (both
+diarizations, the duration, the speaker count, the diarizer's warnings) and with ``--embeddings``
+``<name>.npy`` (one embedding per speaker, rows in the JSON's ``labels`` order).
+``--num-speakers``/``--min-speakers``/``--max-speakers`` are honoured exactly; a request the
+recording cannot meet at all is an error, one met only in part is an ``echo: warning:`` line (and
+in the JSON).
+
+Errors: every problem with an input, an output path or a model is one line ``echo: error: <file>:
+<problem>`` on stderr and exit status 1 (2 for bad command-line usage). Options and output paths
+(an existing writable folder, or one that can be created) are checked before any audio is decoded
+or the model is loaded; with several inputs, all of them are checked (headers) before any is
+processed, and results are written only after every input was processed: one bad input means no
+output at all, never a partial set. Each output file is
 written atomically (a temporary sibling renamed into place).
 """
 from __future__ import annotations
@@ -44,8 +56,6 @@ log = logging.getLogger(__name__)
 # directory at run time. $ECHO_MODEL overrides it.
 DEFAULT_MODEL = Path("models/echo")
 TRAIN_COMMAND = "snakemake --cores all results/tables.md"
-PLDA_FILE = "plda.npz"
-DIARIZER_FILE = "diarizer.json"
 
 
 # -- model ---------------------------------------------------------------------------------------
@@ -87,22 +97,6 @@ def load_model(path: Path, device: str = "cpu"):
     except Exception as e:  # torch raises assorted types for foreign or corrupt weight files
         raise CacheMismatchError(f"{path}: not a readable Echo model bundle ({_first_line(e)}); "
                                  f"written by another model version?") from None
-
-
-def load_plda(path: Path):
-    """The diarizer's PLDA back end stored beside the bundle (``plda.npz``)."""
-    from echo.diarization.plda import PLDA
-
-    p = path / PLDA_FILE
-    if not p.is_file():
-        raise EchoError(f"{path}: bundle has no diarization back end ({PLDA_FILE}); use the bundle the "
-                        f"workflow writes to {DEFAULT_MODEL} (`{TRAIN_COMMAND}`)")
-    try:
-        return PLDA.load(p)
-    except EchoError:
-        raise
-    except Exception as e:
-        raise CacheMismatchError(f"{p}: not a readable PLDA model ({_first_line(e)})") from None
 
 
 def _device(name: str | None) -> str:
@@ -184,28 +178,29 @@ def _read(src, session: _Session) -> np.ndarray:
     return read_all(src, session.config)
 
 
-def _read_streamed(src, session: _Session):
-    """A :class:`~echo.evaluate.diarize.BlockReader` over a seekable file (WAV/FLAC/...), so the
-    diarizer holds one chunk of samples, not the recording (230 MB per hour); None when silent.
-    A first decoding pass counts the samples and finds the peak (the silence check)."""
+def _read_streamed(src, config):
+    """``(reader, samples)``: a :class:`~echo.diarization.diarizer.BlockReader` over a seekable file
+    (WAV/FLAC/...), so the diarizer holds one chunk of samples, not the recording (230 MB per hour),
+    or None when the file is silent. A first decoding pass counts the samples and finds the peak
+    (the silence check)."""
+    from echo.diarization.diarizer import BlockReader
     from echo.errors import AudioError
-    from echo.evaluate.diarize import BlockReader
     from echo.inference import is_silent, stream
 
-    block = session.config.block_seconds
+    block = config.block_seconds
     peak, count = 0.0, 0
     for x in stream(src, block):
         peak = max(peak, float(np.abs(x).max()) if x.size else 0.0)
         count += len(x)
     if count == 0:
         raise AudioError(f"{src.path}: contains no audio samples")
-    if is_silent(np.array([peak], np.float32), session.config.silence_dbfs):
-        print(f"echo: {src.path}: silent (peak below {session.config.silence_dbfs:g} dBFS)", file=sys.stderr)
-        return None
-    return BlockReader(lambda: stream(src, block), count)
+    if is_silent(np.array([peak], np.float32), config.silence_dbfs):
+        print(f"echo: {src.path}: silent (peak below {config.silence_dbfs:g} dBFS)", file=sys.stderr)
+        return None, count
+    return BlockReader(lambda: stream(src, block), count), count
 
 
-def _silent(wave: np.ndarray, src, session: _Session) -> bool:
+def _silent(wave: np.ndarray, src, session) -> bool:
     from echo.inference import is_silent
 
     if is_silent(wave, session.config.silence_dbfs):
@@ -227,106 +222,239 @@ def _check_out_file(path: str | None, flag: str) -> None:
         raise EchoError(f"{path}: is a directory, expected a file name ({flag})")
 
 
-def _check_out_dir(out_dir: str | None) -> Path | None:
+def _can_write_in(d: Path) -> bool:
+    """Whether files can be created in the existing directory ``d``: the permission bits
+    (``os.access``) and a real probe (create and remove a temporary file), since neither alone
+    is reliable (root ignores the bits; a read-only mount or ACLs can refuse what they allow)."""
+    import tempfile
+
+    if not os.access(d, os.W_OK | os.X_OK):
+        return False
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".echo-write-probe.", dir=d)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
+
+
+def _check_rttm_path(path: str | None) -> None:
+    """``--rttm FILE``: fail before any work when FILE cannot be written (one line)."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise EchoError(f"{p}: is a directory, expected a file name (--rttm)")
+    parent = p.parent
+    if not parent.exists():
+        raise EchoError(f"{p}: directory {parent} does not exist (--rttm)")
+    if not parent.is_dir():
+        raise EchoError(f"{p}: {parent} is not a directory (--rttm)")
+    if not _can_write_in(parent):
+        raise EchoError(f"{p}: directory {parent} is not writable (--rttm)")
+
+
+def _check_out_dir_writable(out_dir: str | None) -> Path | None:
+    """``--out-dir DIR``: an existing writable directory, or one that can be created (its nearest
+    existing ancestor is a writable directory); checked before any work (one line)."""
     if out_dir is None:
         return None
     p = Path(out_dir)
-    if p.exists() and not p.is_dir():
-        raise EchoError(f"{p}: exists and is not a directory (--out-dir)")
+    if p.exists():
+        if not p.is_dir():
+            raise EchoError(f"{p}: exists and is not a directory (--out-dir)")
+        if not _can_write_in(p):
+            raise EchoError(f"{p}: directory is not writable (--out-dir)")
+        return p
+    anc = p.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise EchoError(f"{p}: cannot create it, {anc} is a file, not a directory (--out-dir)")
+    if not _can_write_in(anc):
+        raise EchoError(f"{p}: cannot create it, directory {anc} is not writable (--out-dir)")
     return p
 
 
 # -- diarize -------------------------------------------------------------------------------------
-def cmd_diarize(args: argparse.Namespace) -> int:
-    from pyannote.core import Annotation
+AUDIO_EXT = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".aac")
 
-    from echo.metrics.der import format_rttm
-    from echo.io import write_text
 
-    out_dir = _check_out_dir(args.out_dir)
-    _check_out_file(args.rttm, "--rttm")
-    _check_speaker_counts(args)
-    sources = _probe_all(args.inputs)
-    session = _Session(args)
-    diarizer = _make_diarizer(session, args)
-    results: dict[str, Annotation] = {}
-    for src in sources:
-        uri = _uri(src.path)
-        wave = _read_streamed(src, session) if src.backend == "soundfile" else _read(src, session)
-        if wave is None or (isinstance(wave, np.ndarray) and _silent(wave, src, session)):
-            results[uri] = Annotation(uri=uri)
-            continue
-        ann = diarizer.diarize(wave, uri, num_speakers=args.num_speakers,
-                               min_speakers=args.min_speakers, max_speakers=args.max_speakers)
-        del wave
-        results[uri] = ann
-        log.info("%s: %d speakers, %.1f s of speech", src.path, len(ann.labels()), ann.get_timeline().duration())
-    # nothing is written until every input went through
-    if out_dir is not None:
-        for uri, ann in results.items():
-            write_text(out_dir / f"{uri}.rttm", format_rttm({uri: ann}))
-    elif args.rttm is not None:
-        write_text(args.rttm, format_rttm(results))
-    else:
-        sys.stdout.write(format_rttm(results))
-    return 0
+def _expand_inputs(inputs: list[str]) -> list[str]:
+    """Files as given; a folder stands for its audio files (:data:`AUDIO_EXT`), sorted, not recursive.
+    Two inputs with the same name (their outputs would collide) are one error, before any work."""
+    paths: list[Path] = []
+    for a in inputs:
+        p = Path(a)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in AUDIO_EXT and not q.is_dir())
+            if not found:
+                raise EchoError(f"{p}: is a directory with no audio files ({' '.join(AUDIO_EXT)})")
+            paths.extend(found)
+        else:
+            paths.append(p)
+    seen: dict[str, Path] = {}
+    for p in paths:
+        u = _uri(p)
+        if u in seen:
+            raise EchoError(f"{p}: has the same name ({u}) as {seen[u]}; outputs would collide, rename one")
+        seen[u] = p
+    return [str(p) for p in paths]
 
 
 def _check_speaker_counts(args: argparse.Namespace) -> None:
-    for name in ("num_speakers", "min_speakers", "max_speakers"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise ConfigError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {v}")
-    if args.num_speakers is not None and (args.min_speakers is not None or args.max_speakers is not None):
-        raise ConfigError("--num-speakers: expected either --num-speakers or --min/--max-speakers, not both")
-    if args.min_speakers is not None and args.max_speakers is not None and args.min_speakers > args.max_speakers:
-        raise ConfigError(f"--min-speakers: expected <= --max-speakers ({args.max_speakers}), got {args.min_speakers}")
+    """The three counts, validated before any work; errors name the command-line flags."""
+    from echo.diarization.diarizer import check_speaker_counts
 
-
-def _make_diarizer(session: _Session, args: argparse.Namespace):
-    overrides = {}
-    if args.exclusive:
-        overrides["exclusive"] = True
-    if args.chunk_seconds is not None:
-        overrides["chunk_s"] = args.chunk_seconds
-    return load_diarizer(session.path, session.model, **overrides)
-
-
-def load_diarizer(path: Path, model, **overrides):
-    """The deployed diarizer of a bundle directory: its model, PLDA back end and evaluated settings.
-
-    Args:
-        path: bundle directory (``plda.npz`` and ``diarizer.json`` beside the weights).
-        model: the bundle, already loaded (on the wanted device).
-        overrides: :class:`~echo.evaluate.diarize.DiarizerConfig` fields to change (e.g. ``exclusive``).
-    """
-    import dataclasses
-
-    from echo.evaluate.diarize import Diarizer
-
-    cfg = diarizer_config(path)
-    if overrides:
-        cfg = dataclasses.replace(cfg, **overrides)
-    return Diarizer(model, load_plda(path), cfg, frontend=model.frontend)
-
-
-def diarizer_config(path: Path):
-    """The diarizer settings the evaluation used (``diarizer.json`` beside the bundle: the params
-    plus the dev-tuned VBx values), so the CLI reproduces the tables' DER; defaults otherwise."""
-    from echo.config import build
-    from echo.evaluate.diarize import DiarizerConfig
-    from echo.io import read_json
-
-    p = path / DIARIZER_FILE
-    if not p.is_file():
-        print(f"echo: {path}: no {DIARIZER_FILE} (the evaluated diarizer settings); using the defaults",
-              file=sys.stderr)
-        return DiarizerConfig()
     try:
-        data = read_json(p)
-    except ValueError:
-        raise CacheMismatchError(f"{p}: not valid JSON") from None
-    return build(DiarizerConfig, data, str(p))
+        check_speaker_counts(args.num_speakers, args.min_speakers, args.max_speakers)
+    except ConfigError as e:
+        msg = str(e)
+        for name in ("num_speakers", "min_speakers", "max_speakers"):
+            msg = msg.replace(name, "--" + name.replace("_", "-"))
+        raise ConfigError(msg) from None
+
+
+def _check_seconds(value: float | None, flag: str) -> None:
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{flag}: expected finite seconds > 0, got {value:g}")
+
+
+def _load_diarizer(path: Path, device: str = "cpu", **overrides):
+    """:meth:`Diarizer.from_pretrained <echo.diarization.diarizer.Diarizer.from_pretrained>` with
+    the CLI's one-line errors (a file instead of a folder, foreign or corrupt files)."""
+    from echo.diarization.diarizer import Diarizer
+
+    if not path.is_dir():
+        raise EchoError(f"{path}: expected a model directory (with bundle.json), got a file")
+    try:
+        return Diarizer.from_pretrained(path, device=device, **overrides)
+    except EchoError:
+        raise
+    except Exception as e:  # torch / numpy / json raise assorted types for foreign or corrupt files
+        raise CacheMismatchError(f"{path}: not a readable Echo diarizer ({_first_line(e)}); "
+                                 f"written by another model version?") from None
+
+
+class _Progress:
+    """The diarizer's ``hook``: a tqdm bar per recording, shown only when stderr is a terminal."""
+
+    def __init__(self, name: str):
+        self.name, self.bar = name, None
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, step: str, completed: int | None = None, total: int | None = None, **_) -> None:
+        if not self.enabled or completed is None:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=f"{step} {self.name}", unit="block", leave=False)
+        self.bar.n = completed
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _HoldWarnings(logging.Filter):
+    """Keeps the diarizer's logged warnings off stderr while it runs: the CLI prints
+    ``DiarizeOutput.warnings`` itself, as ``echo: warning: ...``."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING:
+            self.held.append(record.getMessage())
+            return False
+        return True
+
+
+def _segments(ann) -> list[dict]:
+    rows = sorted((s.start, s.end, str(lab)) for s, _, lab in ann.itertracks(yield_label=True))
+    return [{"start": round(a, 3), "end": round(b, 3), "speaker": lab} for a, b, lab in rows]
+
+
+def cmd_diarize(args: argparse.Namespace) -> int:
+    from pyannote.core import Annotation
+
+    from echo.audio import SAMPLE_RATE
+    from echo.inference import InferenceConfig, is_silent, read_all
+    from echo.io import write_json, write_text
+    from echo.metrics.der import format_rttm
+
+    # everything that can be checked without audio or model, first: options, then output paths
+    _check_speaker_counts(args)
+    if args.embeddings and args.out_dir is None:
+        raise ConfigError("--embeddings: needs --out-dir DIR (where <name>.npy is written)")
+    out_dir = _check_out_dir_writable(args.out_dir)
+    _check_rttm_path(args.rttm)
+    inputs = _expand_inputs(args.inputs)
+    sources = _probe_all(inputs)
+    config = InferenceConfig()
+    device = _device(args.device)
+    overrides = {} if args.chunk_seconds is None else {"chunk_s": args.chunk_seconds}
+    diarizer = _load_diarizer(resolve_model(args.checkpoint), device, **overrides)
+    emb_dim = diarizer.parts.speaker.config.emb_dim
+    results: list[dict] = []
+    for src in sources:
+        uri = _uri(src.path)
+        if src.backend == "soundfile":
+            wave, count = _read_streamed(src, config)
+        else:  # MP3/M4A/...: decoded whole (FFmpeg), 230 MB per hour
+            wave = read_all(src, config)
+            count = len(wave)
+            if is_silent(wave, config.silence_dbfs):
+                print(f"echo: {src.path}: silent (peak below {config.silence_dbfs:g} dBFS)", file=sys.stderr)
+                wave = None
+        duration = count / SAMPLE_RATE
+        if wave is None:  # silent: no speakers
+            results.append({"uri": uri, "duration": duration, "over": Annotation(uri=uri), "excl": Annotation(uri=uri),
+                            "emb": np.zeros((0, emb_dim), np.float32), "labels": [], "warnings": []})
+            continue
+        progress, hold = _Progress(src.path.name), _HoldWarnings()
+        dlog = logging.getLogger("echo.diarization.diarizer")
+        dlog.addFilter(hold)
+        try:
+            out = diarizer(wave, num_speakers=args.num_speakers, min_speakers=args.min_speakers,
+                           max_speakers=args.max_speakers, hook=progress, uri=uri)
+        finally:
+            dlog.removeFilter(hold)
+            progress.close()
+        del wave
+        warnings = list(out.warnings) + [w for w in hold.held if w not in out.warnings]
+        for w in warnings:
+            print(f"echo: warning: {w}", file=sys.stderr)
+        results.append({"uri": uri, "duration": duration, "over": out.speaker_diarization,
+                        "excl": out.exclusive_speaker_diarization, "emb": out.speaker_embeddings,
+                        "labels": list(out.labels), "warnings": warnings})
+        log.info("%s: %d speakers, %.1f s of speech", src.path, out.num_speakers,
+                 out.speaker_diarization.get_timeline().support().duration())
+    # nothing is written until every input went through
+    key = "excl" if args.exclusive else "over"
+    if out_dir is not None:
+        for r in results:
+            uri = r["uri"]
+            doc = {"uri": uri, "duration": round(r["duration"], 3), "num_speakers": len(r["labels"]),
+                   "diarization": _segments(r["over"]), "exclusive_diarization": _segments(r["excl"]),
+                   "warnings": r["warnings"]}
+            if args.embeddings:
+                doc["labels"] = r["labels"]
+                doc["embeddings"] = f"{uri}.npy"
+                _write_npy(out_dir / f"{uri}.npy", r["emb"].astype(np.float32))
+            write_text(out_dir / f"{uri}.rttm", format_rttm({uri: r[key]}))
+            write_json(out_dir / f"{uri}.json", doc)
+    elif args.rttm is not None:
+        write_text(args.rttm, format_rttm({r["uri"]: r[key] for r in results}))
+    else:
+        sys.stdout.write(format_rttm({r["uri"]: r[key] for r in results}))
+    return 0
 
 
 # -- separate ------------------------------------------------------------------------------------
@@ -336,7 +464,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
     from echo.io import write_json, write_text
     from echo.metrics.der import format_rttm
 
-    out_dir = _check_out_dir(args.out_dir)
+    out_dir = _check_out_dir_writable(args.out_dir)
     if not -1.0 <= args.activity_threshold <= 1.0:
         raise ConfigError(f"--activity-threshold: expected a cosine in [-1, 1], got {args.activity_threshold}")
     if not args.route_seconds > 0:
@@ -534,7 +662,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="where the model runs (default: cuda when available, else cpu)")
     p.add_argument("--chunk-seconds", type=float, default=None, metavar="S",
-                   help="audio the encoder sees at once (default 30, diarize: the model's setting); bounds memory")
+                   help="audio the encoder sees at once (finite, > 0; default 30, diarize: the model's setting); "
+                        "bounds memory")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
 
 
@@ -545,18 +674,26 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Errors are one line 'echo: error: <file>: <problem>' with exit status 1.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("diarize", help="who spoke when: RTTM",
-                       description="Speaker diarization (speaker-head embeddings + PLDA + VBx), blind by default. "
-                                   "Silent recordings give an empty RTTM.")
-    d.add_argument("inputs", nargs="+", metavar="IN", help="audio files")
+    d = sub.add_parser("diarize", help="who spoke when: RTTM (+ JSON, embeddings)",
+                       description="Speaker diarization (segmentation head + speaker-head embeddings + PLDA/VBx), "
+                                   "with overlapping speech; blind by default. Silent recordings give an empty RTTM.")
+    d.add_argument("inputs", nargs="+", metavar="IN",
+                   help=f"audio files and/or folders (a folder: its {'/'.join(e[1:] for e in AUDIO_EXT)} files, "
+                        "sorted, not recursive)")
     out = d.add_mutually_exclusive_group()
     out.add_argument("--rttm", metavar="FILE", help="one RTTM file for all inputs (default: stdout)")
-    out.add_argument("--out-dir", metavar="DIR", help="one <input name>.rttm per input in DIR")
-    d.add_argument("--num-speakers", type=int, metavar="K", help="the number of speakers, if known")
+    out.add_argument("--out-dir", metavar="DIR",
+                     help="per input <name>.rttm and <name>.json (both the overlapping and the exclusive "
+                          "diarization, duration, warnings) in DIR")
+    d.add_argument("--num-speakers", type=int, metavar="K", help="exactly K speakers")
     d.add_argument("--min-speakers", type=int, metavar="K", help="at least K speakers")
     d.add_argument("--max-speakers", type=int, metavar="K", help="at most K speakers")
     d.add_argument("--exclusive", action="store_true",
-                   help="no overlapping turns (one speaker at a time), e.g. to align with ASR words")
+                   help="the RTTM written is the exclusive diarization (one speaker at a time, e.g. to align "
+                        "with ASR words); the JSON always has both")
+    d.add_argument("--embeddings", action="store_true",
+                   help="also write <name>.npy in --out-dir: one speaker embedding per output speaker (K x E, "
+                        "rows in the order of the JSON's labels)")
     _common(d)
     d.set_defaults(func=cmd_diarize)
 
@@ -604,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="echo: %(message)s", stream=sys.stderr)
     try:
+        _check_seconds(getattr(args, "chunk_seconds", None), "--chunk-seconds")
         return int(args.func(args) or 0)
     except EchoError as e:
         print(f"echo: error: {e}", file=sys.stderr)

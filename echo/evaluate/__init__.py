@@ -35,6 +35,7 @@ _NAMES = {
     "ctc": ("ctc", "ctc_head", "phonetic"),
     "ctc_vq": ("ctc_vq", "vq_ctc", "vq_ctc_head"),
     "router": ("router", "routing"),
+    "segmentation": ("segmentation",),
 }
 
 
@@ -48,6 +49,7 @@ class ModelParts:
         ctc: continuous CTC head ``(latents, mask) -> CTCOutput``, or None.
         ctc_vq: CTC head through the VQ bottleneck, or None.
         router: source router ``(latents, mask) -> RouterOutput``, or None.
+        segmentation: local speaker segmentation ``(latents, mask) -> powerset logits``, or None.
     """
 
     encoder: nn.Module
@@ -55,13 +57,14 @@ class ModelParts:
     ctc: nn.Module | None = None
     ctc_vq: nn.Module | None = None
     router: nn.Module | None = None
+    segmentation: nn.Module | None = None
 
     @property
     def device(self) -> torch.device:
         return device_of(self.encoder)
 
     def eval(self) -> "ModelParts":
-        for m in (self.encoder, self.speaker, self.ctc, self.ctc_vq, self.router):
+        for m in (self.encoder, self.speaker, self.ctc, self.ctc_vq, self.router, self.segmentation):
             if m is not None:
                 m.eval()
         return self
@@ -96,7 +99,8 @@ def model_parts(model: Any) -> ModelParts:
     ctc, ctc_vq = _find(model, "ctc"), _find(model, "ctc_vq")
     if ctc is not None and ctc_vq is None and getattr(ctc, "vq", None) is not None:
         ctc, ctc_vq = None, ctc
-    return ModelParts(enc, _find(model, "speaker"), ctc, ctc_vq, _find(model, "router")).eval()
+    return ModelParts(enc, _find(model, "speaker"), ctc, ctc_vq, _find(model, "router"),
+                      _find(model, "segmentation")).eval()
 
 
 def device_of(module: nn.Module) -> torch.device:

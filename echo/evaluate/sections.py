@@ -20,14 +20,15 @@ import numpy as np
 from echo.metrics.bootstrap import mean_std
 
 __all__ = ["PAPER", "TARGETS", "markdown_table", "format_cell", "status", "main_table", "diarization_by_k_table",
-           "separation_by_k_table", "confusion_table", "ablation_table", "tuning_table"]
+           "separation_by_k_table", "confusion_table", "ablation_table", "tuning_table", "segmentation_table"]
 
 # The paper's published numbers (anchors.md), for the comparison column only.
 PAPER = {"der_blind": 15.00, "pit_accuracy": 97.80, "latent_si_sdr": 9.52, "factorisation_gap": 53.50}
 # The project's targets: (comparison, threshold) in display units (% / dB / points).
 TARGETS = {
-    "der_k2": ("<=", 3.0), "der_k3": ("<=", 6.0), "der_k4": ("<=", 8.0), "der_k5": ("<=", 11.0),
-    "count_accuracy": (">=", 99.0), "pit_accuracy": (">=", 99.0), "si_sdri": (">=", 10.0),
+    "der_all": ("<=", 12.0), "der_k2": ("<=", 5.0), "der_k3": ("<=", 8.0), "der_k4": ("<=", 11.0),
+    "der_k5": ("<=", 14.0), "missed": ("<=", 5.0), "fa_k1": ("<=", 3.0), "count_conversations": (">=", 90.0),
+    "count_accuracy": (">=", 90.0), "pit_accuracy": (">=", 99.0), "si_sdri": (">=", 10.0),
     "factorisation_gap": (">=", 60.0), "per": ("<=", 15.0),
 }
 
@@ -154,7 +155,13 @@ def main_table(diarization: Result = None, separation: Result = None, abilities:
                      ("+" if sign else "") + f"{paper:.2f}" if paper is not None else "—",
                      _target_text(target, unit), status(p * scale if p is not None else None, target)])
 
-    row("Blind DER, all K, primary (%)", D, "primary.der", 100, " %", PAPER["der_blind"], ci="primary.der_ci")
+    row("Blind DER, all K, primary (%)", D, "primary.der", 100, " %", PAPER["der_blind"], "der_all",
+        ci="primary.der_ci")
+    row("Missed speech, all K (%)", D, "primary.missed", 100, " %", target_key="missed")
+    row("False alarm, all K (%)", D, "primary.false_alarm", 100, " %")
+    row("Speaker confusion, all K (%)", D, "primary.confusion", 100, " %")
+    row("False alarm, K=1 (%)", D, "primary.by_k.1.false_alarm", 100, " %", target_key="fa_k1")
+    row("Exclusive output DER, all K (%)", D, "exclusive.der", 100, " %")
     for k in (1, 2, 3, 4, 5):
         if k == 1 and _get(D if isinstance(D, Mapping) else (D[0] if D else None), "primary.by_k.1") is None:
             continue
@@ -162,7 +169,8 @@ def main_table(diarization: Result = None, separation: Result = None, abilities:
             target_key=f"der_k{k}" if f"der_k{k}" in TARGETS else None, ci=f"primary.by_k.{k}.der_ci")
     row("Blind DER, all K, secondary 0.25 s collar (%)", D, "secondary.der", 100, " %", ci="secondary.der_ci")
     row("JER, all K, primary (%)", D, "primary.jer", 100, " %", ci="primary.jer_ci")
-    row("Speaker-count accuracy, conversations (%)", D, "count.accuracy", 100, " %", ci="count.accuracy_ci")
+    row("Speaker-count accuracy, conversations (%)", D, "count.accuracy", 100, " %", target_key="count_conversations",
+        ci="count.accuracy_ci")
     row("Speaker-count accuracy, mixtures (%)", S, "count_accuracy", 100, " %", target_key="count_accuracy",
         ci="count_accuracy_ci")
     row("PIT separation accuracy (%)", S, "pit_accuracy", 100, " %", PAPER["pit_accuracy"], "pit_accuracy",
@@ -293,15 +301,40 @@ def ablation_table(stages: Mapping[str, Result], title: str = "Stage ablation (a
         "pretrained row therefore has gap 0 by construction and its information is the latent probes).", ""])
 
 
-def tuning_table(rows: Sequence[Mapping], title: str = "VBx tuning on dev conversations", top: int = 10) -> str:
-    """The :func:`~echo.evaluate.diarize.tune_on_dev` grid, best first (dev DER, primary)."""
+def tuning_table(rows: Sequence[Mapping], title: str = "Clustering settings tuned on dev conversations", top: int = 10) -> str:
+    """The :func:`~echo.evaluate.diarize.tune_on_dev` grid: the selected point first, then the best by dev DER."""
     if not rows:
         return f"### {title}\n\nn/a\n"
-    best = sorted(rows, key=lambda r: (r["der"] if _finite(r["der"]) else math.inf))[:top]
-    body = [[f"{r['Fa']:g}", f"{r['Fb']:g}", f"{r['loopP']:g}", f"{r.get('ahc_threshold', float('nan')):g}",
-             {True: "yes", False: "no"}.get(r.get("exclusive"), "n/a"), f"{r.get('dilation_s', float('nan')):g}",
-             f"{100 * r['der']:.2f}", f"{100 * r['count_accuracy']:.1f}"] for r in best]
+    chosen = [r for r in rows if r.get("selected")]
+    rest = sorted((r for r in rows if not r.get("selected")), key=lambda r: (r["der"] if _finite(r["der"]) else math.inf))
+    body = [[("**selected** " if r.get("selected") else "") + f"{r['Fa']:g}", f"{r['Fb']:g}", f"{r['loopP']:g}",
+             f"{r.get('ahc_threshold', float('nan')):g}", f"{100 * r['der']:.2f}",
+             f"{100 * r.get('der_smoothed', float('nan')):.2f}", f"{100 * r['count_accuracy']:.1f}"]
+            for r in (chosen + rest)[:top]]
     return "\n".join([f"### {title}", "",
-                      markdown_table(["Fa", "Fb", "loopP", "AHC threshold", "exclusive", "speech dilation (s)", "dev DER (%)",
-                                      "dev count acc. (%)"], body),
-                      "", f"{len(rows)} grid points; the first row is the one used on test.", ""])
+                      markdown_table(["Fa", "Fb", "loopP", "AHC threshold", "dev DER (%)",
+                                      "dev DER, mean with threshold neighbours (%)", "dev count acc. (%)"], body),
+                      "", f"{len(rows)} grid points. Selection: the lowest neighbour-averaged dev DER (a flat optimum), "
+                      "ties within 0.01 points broken by grid order; the selected row is used on test.", ""])
+
+
+def segmentation_table(summary: Mapping | None, dev_rows: Sequence[Mapping] | None) -> str:
+    """The segmentation stage on dev chunks: local error (best permutation per chunk) per evaluation."""
+    title = "## Local segmentation (stage 4) on dev conversations"
+    if not summary:
+        return f"{title}\n\nn/a (not trained)\n"
+    body = [[str(int(r["step"])) + (" (selected)" if int(r["step"]) == summary.get("best_step") else ""),
+             f"{100 * r['error']:.2f}", f"{100 * r['missed']:.2f}", f"{100 * r['false_alarm']:.2f}",
+             f"{100 * r['confusion']:.2f}", f"{100 * r['count_accuracy']:.2f}", f"{r['loss']:.4f}"] for r in dev_rows or []]
+    cfg = summary.get("config", {})
+    head = cfg.get("head", {})
+    return "\n".join([title, "", markdown_table(["step", "local error (%)", "missed (%)", "false alarm (%)",
+                                                   "confusion (%)", "frame count acc. (%)", "dev loss"], body), "",
+                      f"{summary.get('dev_chunks', 'n/a')} dev chunks of {cfg.get('chunk_s')} s; powerset over "
+                      f"{head.get('max_speakers')} local speakers, at most {head.get('max_per_frame')} at once; "
+                      f"{summary.get('train_conversations', 'n/a')} training conversations (train speakers). Local error "
+                      "= (missed + false alarm + confusion) / reference speech, counted per 40 ms token under the best "
+                      "permutation of each chunk's local speakers; frame count accuracy = share of tokens whose number "
+                      "of active speakers is right. The encoder is frozen in this stage (hash "
+                      f"{'unchanged' if summary.get('encoder_sha256_before') == summary.get('encoder_sha256_after') else 'CHANGED'}), "
+                      "so the ablation's +routing row is also the final model's.", ""])

@@ -9,6 +9,7 @@ A bundle is a directory::
     ctc.pt        continuous CTC head    (from stage 2, "phonetic")
     vq_ctc.pt     VQ bottleneck + CTC    (from stage 2)
     router.pt     SourceRouter           (from stage 3, "routing")
+    segmentation.pt SegmentationHead     (from stage 4, "segmentation": local speakers with overlap)
 
 Each specialisation stage writes the bundle of its state, so every stage (after pretraining,
 +speaker, +phonetic, +routing; continuous vs VQ transcription) can be evaluated the same way.
@@ -32,6 +33,7 @@ from echo.features import FrontEnd
 from echo.heads.arcface import ArcFaceLoss
 from echo.heads.ctc import CTCHead, PhoneInventory, ctc_greedy_decode
 from echo.heads.router import SourceRouter
+from echo.heads.segmentation import SegmentationHead
 from echo.heads.speaker import SpeakerHead
 from echo.io import atomic_dir, atomic_path, read_json, write_json
 from echo.models.vit import ENCODER_FORMAT, ENCODER_FORMAT_VERSION, Encoder, EncoderOutput
@@ -44,10 +46,10 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT = "echo.bundle"
 # Bump when the layout or the meaning of a component changes: old bundles then fail loudly.
 BUNDLE_VERSION = 1
-STAGES = ("pretrain", "speaker", "phonetic", "routing")
-HEADS = ("speaker", "arcface", "ctc", "vq_ctc", "router")
+STAGES = ("pretrain", "speaker", "phonetic", "routing", "segmentation")
+HEADS = ("speaker", "arcface", "ctc", "vq_ctc", "router", "segmentation")
 _LOADERS = {"speaker": SpeakerHead.load, "arcface": ArcFaceLoss.load, "ctc": CTCHead.load,
-            "vq_ctc": CTCHead.load, "router": SourceRouter.load}
+            "vq_ctc": CTCHead.load, "router": SourceRouter.load, "segmentation": SegmentationHead.load}
 
 
 class Transcript(NamedTuple):
@@ -95,14 +97,15 @@ class EchoModel(nn.Module):
         encoder: the shared encoder.
         frontend: the log-mel front-end the encoder was trained on.
         stage: the last stage that shaped this model (one of :data:`STAGES`).
-        speaker, arcface, ctc, vq_ctc, router: heads (None where not trained yet).
+        speaker, arcface, ctc, vq_ctc, router, segmentation: heads (None where not trained yet).
         meta: JSON-serialisable provenance (per-stage configs, selected step, dev metrics).
     """
 
     def __init__(self, encoder: Encoder, frontend: FrontEnd = FrontEnd(), stage: str = "pretrain", *,
                  speaker: SpeakerHead | None = None, arcface: ArcFaceLoss | None = None,
                  ctc: CTCHead | None = None, vq_ctc: CTCHead | None = None,
-                 router: SourceRouter | None = None, meta: dict[str, Any] | None = None) -> None:
+                 router: SourceRouter | None = None, segmentation: SegmentationHead | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
         super().__init__()
         if stage not in STAGES:
             raise EchoError(f"bundle stage: expected one of {STAGES}, got {stage!r}")
@@ -115,7 +118,7 @@ class EchoModel(nn.Module):
         self.stage = stage
         self.meta = dict(meta or {})
         for name, mod in (("speaker", speaker), ("arcface", arcface), ("ctc", ctc), ("vq_ctc", vq_ctc),
-                          ("router", router)):
+                          ("router", router), ("segmentation", segmentation)):
             self.add_module(name, mod)
 
     # -- properties ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 __all__ = ["Node", "SPLITS", "nodes", "node"]
 
 SPLITS = ("train", "dev", "test")
-SIMULATED = {"conversations": ("dev", "test"), "mixtures": ("train", "dev", "test")}
+SIMULATED = {"conversations": ("train", "dev", "test"), "mixtures": ("train", "dev", "test")}
 STAGE_HEADS = {"speaker": ("speaker", "pooling", "arcface"), "phonetic": ("ctc", "vq"),
                "routing": ("router", "pit")}
 
@@ -102,6 +102,13 @@ def nodes() -> list[Node]:
             code=_code(f"echo/stages/{st}.py", *stage_code, *(f"echo/heads/{h}.py" for h in heads)),
             wildcards=(("stage", st),), gpu=1, threads=2, dirs=frozenset({f"models/stages/{st}"})))
         prev = f"models/stages/{st}"
+    out.append(Node(
+        "stage_segmentation", "stages", "segmentation_stage",
+        deps=("models/stages/routing", "data/sim/conversations/train", "data/sim/conversations/dev"),
+        outs=("models/stages/segmentation",), params=("stages.segmentation", "evaluation.diarizer"),
+        code=_code("echo/stages/segmentation.py", "echo/heads/segmentation.py", "echo/diarization/backend.py",
+                   "echo/diarization/diarizer.py", "echo/models/bundle.py"),
+        wildcards=(("stage", "segmentation"),), gpu=1, threads=2, dirs=frozenset({"models/stages/segmentation"})))
     eval_code = ("echo/evaluate/__init__.py", "echo/metrics/probe.py", "echo/metrics/verification.py",
                  "echo/metrics/asr.py", "echo/metrics/bootstrap.py")
     for st in ("pretrain",) + tuple(STAGE_HEADS):
@@ -110,19 +117,19 @@ def nodes() -> list[Node]:
             f"abilities_{st}", "evaluation", "abilities", deps=(model, "data/features/test", "data/corpus"),
             outs=("results/figures/latent_map.png",) if st == "routing" else (), params=("evaluation.abilities",), code=_code("echo/evaluate/abilities.py", "echo/evaluate/figures.py", *eval_code),
             wildcards=(("stage", st),), metrics=(f"results/abilities/{st}.json",), threads=2))
-    diar_code = ("echo/evaluate/diarize.py", "echo/diarization/plda.py", "echo/diarization/ahc.py",
-                 "echo/diarization/vbx.py", "echo/diarization/segments.py", "echo/metrics/der.py")
+    diar_code = ("echo/evaluate/diarize.py", "echo/diarization/diarizer.py", "echo/diarization/backend.py",
+                 "echo/diarization/plda.py", "echo/diarization/ahc.py", "echo/diarization/vbx.py",
+                 "echo/heads/segmentation.py", "echo/metrics/der.py")
     out.append(Node(
         "backend", "evaluation", "backend",
-        deps=("models/stages/routing", "data/features/train", "data/sim/conversations/dev",
-              "data/features/train_noisy"),
+        deps=("models/stages/segmentation", "data/sim/conversations/train", "data/sim/conversations/dev"),
         outs=("models/echo",), params=("evaluation.diarizer", "evaluation.backend", "evaluation.tune"),
         code=_code(*diar_code), metrics=("results/diarization_tuning.json",), threads=2,
         dirs=frozenset({"models/echo"})))
     out.append(Node(
         "diarization", "evaluation", "diarization", deps=("models/echo", "data/sim/conversations/test"),
         outs=("results/rttm/test_blind.rttm", "results/figures/der_by_k.png", "results/figures/timeline.png"),
-        params=("evaluation.bootstrap",), code=_code(*diar_code, "echo/evaluate/figures.py", "echo/cli.py"),
+        params=("evaluation.bootstrap",), code=_code(*diar_code, "echo/evaluate/figures.py"),
         metrics=("results/diarization.json",), threads=2))
     out.append(Node(
         "separation", "evaluation", "separation",
@@ -136,7 +143,7 @@ def nodes() -> list[Node]:
               "results/separation.json")
         + tuple(f"results/abilities/{st}.json" for st in ("pretrain",) + tuple(STAGE_HEADS))
         + tuple(f"results/simulation/{k}_{s}.json" for k, ss in SIMULATED.items() for s in ss)
-        + ("models/pretrain",) + tuple(f"models/stages/{st}" for st in STAGE_HEADS),
+        + ("models/pretrain",) + tuple(f"models/stages/{st}" for st in (*STAGE_HEADS, "segmentation")),
         outs=("results/tables.md",), params=("profile",), code=_code("echo/pipeline/report.py"),
         metrics=("results/metrics.json",)))
     return out

@@ -109,6 +109,12 @@ def evaluation_sections(results: Path) -> tuple[list[str], dict]:
         m = {}
     rows = {ABLATION_ROWS[k]: v for k, v in abil.items() if v is not None}
     parts.append(sec.ablation_table(rows))
+    seg_dir = Path("models/stages/segmentation")
+    seg_dev = seg_dir / "dev.parquet"
+    import pandas as pd
+
+    parts.append(sec.segmentation_table(_load(seg_dir / "summary.json"),
+                                        pd.read_parquet(seg_dev).to_dict("records") if seg_dev.exists() else None))
     tuning = _load(results / "diarization_tuning.json")
     if tuning:
         parts.append(sec.tuning_table(tuning["grid"]))
@@ -120,6 +126,9 @@ def evaluation_sections(results: Path) -> tuple[list[str], dict]:
         "count_accuracy_mixtures": sep["count_accuracy"], "pit_accuracy": sep["pit_accuracy"],
         "latent_si_sdr": sep["si_sdr"], "latent_si_sdri": sep["si_sdri"],
         "der_blind_by_k": {str(k): v["der"] for k, v in diar["blind"]["primary"].get("by_k", {}).items()},
+        "missed_blind": diar["blind"]["primary"]["missed"], "false_alarm_blind": diar["blind"]["primary"]["false_alarm"],
+        "confusion_blind": diar["blind"]["primary"]["confusion"],
+        "der_exclusive": diar["blind"].get("exclusive", {}).get("der"),
         "pretrain": m,
         "abilities": {st: {k: v for k, v in (a or {}).items() if isinstance(v, (int, float))}
                       for st, a in abil.items()},
@@ -154,7 +163,8 @@ def training_curves_figure(path: Path) -> None:
     from echo.evaluate.figures import plot_training_curves
 
     curves = {"pretrain (JEPA)": Path("models/pretrain/curves.parquet")}
-    curves.update({f"stage {st}": Path(f"models/stages/{st}/curves.parquet") for st in ("speaker", "phonetic", "routing")})
+    curves.update({f"stage {st}": Path(f"models/stages/{st}/curves.parquet")
+                   for st in ("speaker", "phonetic", "routing", "segmentation")})
     curves = {k: v for k, v in curves.items() if v.exists()}
     if curves:
         plot_training_curves(curves, path)

@@ -292,46 +292,52 @@ def abilities(node, raw, run):
         run.log_metrics(_flat_numbers(out))
 
 
-def backend(node, raw, run):
-    """The deployable model: final bundle + PLDA fitted on TRAIN speakers + diarizer tuned on DEV."""
-    import dataclasses
-    import shutil
+def segmentation_stage(node, raw, run):
+    """Stage 4: the local speaker segmentation head on the frozen final encoder (train conversations)."""
+    from echo.simulate.conversations import ConversationSet
+    from echo.stages.segmentation import train_segmentation_stage
 
-    from echo.evaluate.diarize import Diarizer, fit_backend, tune_on_dev
-    from echo.features import FeatureCache
-    from echo.io import atomic_dir
+    cfg = load_section(raw, "stages.segmentation")
+    work = _work_dir(node.name, raw, node.params, node.deps)
+    logger = (lambda m, step: run.log_metrics(m, step)) if run else None
+    train_segmentation_stage(cfg, Path(node.deps[0]) / "bundle", ConversationSet(node.deps[1]),
+                             ConversationSet(node.deps[2]), work, logger, _device(),
+                             diarizer=load_section(raw, "evaluation.diarizer"))
+    _copy_outputs(work, node.outs[0], STAGE_OUTPUTS)
+    return {"artifacts": {"summary": work / "summary.json"}}
+
+
+def backend(node, raw, run):
+    """The deployable diarizer: final bundle + PLDA fitted on TRAIN conversations + settings tuned on DEV."""
+    import dataclasses
+
+    from echo.diarization.backend import fit_backend
+    from echo.diarization.diarizer import Diarizer
+    from echo.evaluate.diarize import tune_on_dev
     from echo.models.bundle import EchoModel
     from echo.simulate.conversations import ConversationSet
 
     model = EchoModel.load(Path(node.deps[0]) / "bundle")
     dcfg = load_section(raw, "evaluation.diarizer")
-    fe = load_section(raw, "features")
-    bcfg = load_section(raw, "evaluation.backend")
-    train = FeatureCache(node.deps[1], expected=fe)
-    noisy = FeatureCache(node.deps[3], expected=fe) if bcfg.augmented else None
-    plda = fit_backend(model, train, windows=dcfg.windows, config=bcfg, speech=dcfg.speech, noisy_cache=noisy)
+    plda = fit_backend(model, ConversationSet(node.deps[1]), dcfg, load_section(raw, "evaluation.backend"))
     best, rows = tune_on_dev(Diarizer(model, plda, dcfg), ConversationSet(node.deps[2]),
                              load_section(raw, "evaluation.tune"))
-    with atomic_dir(node.outs[0]) as tmp:
-        shutil.copytree(Path(node.deps[0]) / "bundle", tmp, dirs_exist_ok=True)
-        plda.save(tmp / "plda.npz")
-        write_json(tmp / "diarizer.json", dataclasses.asdict(best))
+    Diarizer(model, plda, best).save(node.outs[0])
     write_json(node.metrics[0], {"grid": rows, "selected": dataclasses.asdict(best)})
     if run:
-        run.log_metrics({"dev_der_best": min(r["der"] for r in rows)} if rows and "der" in rows[0] else {})
+        run.log_metrics({"dev_der_selected": next(r["der"] for r in rows if r["selected"])})
 
 
 def diarization(node, raw, run):
     """Blind diarization of the TEST conversations (K never given): DER/JER by K with CIs, RTTMs, figures."""
-    from echo.cli import load_diarizer
+    from echo.diarization.diarizer import Diarizer
     from echo.evaluate.diarize import evaluate_conditions
     from echo.evaluate.figures import plot_der_by_k, plot_timeline
     from echo.metrics.der import write_rttm
-    from echo.models.bundle import EchoModel
     from echo.simulate.conversations import ConversationSet
 
-    # the same construction as `python -m echo diarize`, so the CLI reproduces these numbers
-    diarizer = load_diarizer(Path(node.deps[0]), EchoModel.load(node.deps[0]))
+    # the same object as `python -m echo diarize`, so the CLI reproduces these numbers
+    diarizer = Diarizer.from_pretrained(node.deps[0])
     convs = ConversationSet(node.deps[1])
     boot = load_section(raw, "evaluation.bootstrap")
     (summary, hyps), (oracle, _) = evaluate_conditions(diarizer, convs, (False, True), bootstrap=boot)

@@ -1,8 +1,8 @@
 """How many simulated recordings each split gets, and with which speaker counts.
 
-Conversations exist for dev (tuning the diarization back end) and test (scoring, with K up to 5 so
-a count never seen in training is measured); mixtures exist for train (the routing stage), dev
-(model selection) and test (scoring).
+Conversations exist for train (the segmentation stage and the PLDA back end: TRAIN speakers only),
+dev (model selection and tuning of the diarizer, every K the test set has) and test (scoring);
+mixtures exist for train (the routing stage), dev (model selection) and test (scoring).
 """
 from __future__ import annotations
 
@@ -38,15 +38,17 @@ class SimulationSets:
     """Which simulated sets the workflow builds.
 
     Attributes:
-        conversations_dev: dev conversations (diarization back-end tuning).
-        conversations_test: test conversations (DER by K; include a K above the training maximum).
+        conversations_train: training conversations (segmentation stage, PLDA back end).
+        conversations_dev: dev conversations (segmentation model selection, diarizer tuning).
+        conversations_test: test conversations (DER by K).
         mixtures_train: routing-stage training mixtures.
         mixtures_dev: routing-stage model selection.
         mixtures_test: separation/routing scoring.
     """
 
-    conversations_dev: SetSpec = field(default_factory=lambda: SetSpec((1, 2, 3, 4), 2))
-    conversations_test: SetSpec = field(default_factory=lambda: SetSpec((1, 2, 3, 4, 5), 4))
+    conversations_train: SetSpec = field(default_factory=lambda: SetSpec((1, 2, 3, 4, 5), 40))
+    conversations_dev: SetSpec = field(default_factory=lambda: SetSpec((1, 2, 3, 4, 5), 5))
+    conversations_test: SetSpec = field(default_factory=lambda: SetSpec((1, 2, 3, 4, 5), 10))
     mixtures_train: SetSpec = field(default_factory=lambda: SetSpec((1, 2, 3, 4), 300))
     mixtures_dev: SetSpec = field(default_factory=lambda: SetSpec((1, 2, 3, 4), 20))
     mixtures_test: SetSpec = field(default_factory=lambda: SetSpec((1, 2, 3, 4), 50))

@@ -2,7 +2,7 @@ import copy
 import json
 
 from echo.evaluate.sections import (PAPER, ablation_table, confusion_table, diarization_by_k_table, format_cell, main_table,
-                                    separation_by_k_table, status, tuning_table)
+                                    separation_by_k_table, segmentation_table, status, tuning_table)
 
 
 def _cond(der, lo, hi):
@@ -35,12 +35,15 @@ def _row(md, name):
 def test_main_table_shows_given_numbers_paper_and_target_status():
     md = main_table(DIAR, SEP, ABIL)
     assert "12.34 [10.00, 15.00]" in _row(md, "Blind DER, all K, primary") and f"{PAPER['der_blind']:.2f}" in md
-    assert _row(md, "Blind DER, K=2").endswith("≤ 3 % | met |")          # 2.50 <= 3
-    assert _row(md, "Blind DER, K=3").endswith("≤ 6 % | **missed** |")   # 7.12 > 6
-    assert _row(md, "Blind DER, K=4") == "| Blind DER, K=4, primary (%) | n/a | — | ≤ 8 % | n/a |"  # not evaluated
-    assert "K=1" not in md  # K=1 has no target and no recordings here
+    assert _row(md, "Blind DER, all K, primary").endswith("≤ 12 % | **missed** |")  # 12.34 > 12
+    assert _row(md, "Blind DER, K=2").endswith("≤ 5 % | met |")          # 2.50 <= 5
+    assert _row(md, "Blind DER, K=3").endswith("≤ 8 % | met |")          # 7.12 <= 8
+    assert _row(md, "Blind DER, K=4") == "| Blind DER, K=4, primary (%) | n/a | — | ≤ 11 % | n/a |"  # not evaluated
+    assert "Blind DER, K=1" not in md  # no K=1 recordings here
+    assert _row(md, "False alarm, K=1") == "| False alarm, K=1 (%) | n/a | — | ≤ 3 % | n/a |"
     assert "98.10 [97.00, 99.00]" in _row(md, "PIT separation") and "**missed**" in _row(md, "PIT separation")
-    assert "| met |" in _row(md, "Speaker-count accuracy, mixtures")   # 99.5 >= 99
+    assert "| met |" in _row(md, "Speaker-count accuracy, mixtures")   # 99.5 >= 90
+    assert _row(md, "Speaker-count accuracy, conversations").endswith("≥ 90 % | **missed** |")  # 75 < 90
     assert "+10.25 [9.90, 10.60]" in _row(md, "Latent SI-SDRi")
     assert "| met |" in _row(md, "Latent SI-SDRi") and "+9.52" in _row(md, "Latent SI-SDR (dB)")
     assert "+61.50" in _row(md, "Factorisation gap, speaker-ID") and "| met |" in _row(md, "Factorisation gap, speaker-ID")
@@ -77,11 +80,19 @@ def test_by_k_confusion_ablation_and_tuning_tables():
     assert "+61.50 ± 0.00 (n=2)" in _row(abl, "+routing")
     assert "blind DER" not in abl  # no stage has it
     assert "blind DER" in ablation_table({"+routing": {**ABIL, "der": 0.2}})
-    tune = tuning_table([{"Fa": 0.3, "Fb": 17, "loopP": 0.99, "ahc_threshold": 0.3, "der": 0.2, "count_accuracy": 0.5},
-                         {"Fa": 0.1, "Fb": 5, "loopP": 0.9, "ahc_threshold": 0.3, "exclusive": True, "dilation_s": 0.1,
-                          "der": 0.1, "count_accuracy": 0.75}])
-    assert tune.splitlines()[4] == "| 0.1 | 5 | 0.9 | 0.3 | yes | 0.1 | 10.00 | 75.0 |"  # best first
-    assert tune.splitlines()[5] == "| 0.3 | 17 | 0.99 | 0.3 | n/a | nan | 20.00 | 50.0 |"  # older rows lack the new keys
+    tune = tuning_table([{"Fa": 0.3, "Fb": 17, "loopP": 0.0, "ahc_threshold": 0.3, "der": 0.2, "der_smoothed": 0.15,
+                          "count_accuracy": 0.5, "selected": True},
+                         {"Fa": 0.1, "Fb": 5, "loopP": 0.0, "ahc_threshold": 0.3, "der": 0.1, "der_smoothed": 0.3,
+                          "count_accuracy": 0.75, "selected": False}])
+    assert tune.splitlines()[4] == "| **selected** 0.3 | 17 | 0 | 0.3 | 20.00 | 15.00 | 50.0 |"  # the selected one first
+    assert tune.splitlines()[5] == "| 0.1 | 5 | 0 | 0.3 | 10.00 | 30.00 | 75.0 |"
+    seg = segmentation_table({"best_step": 2, "config": {"chunk_s": 5.0, "head": {"max_speakers": 3, "max_per_frame": 2}},
+                              "dev_chunks": 10, "encoder_sha256_before": "a", "encoder_sha256_after": "a"},
+                             [{"step": 1, "error": 0.5, "missed": 0.2, "false_alarm": 0.2, "confusion": 0.1,
+                               "count_accuracy": 0.6, "loss": 1.0},
+                              {"step": 2, "error": 0.25, "missed": 0.1, "false_alarm": 0.1, "confusion": 0.05,
+                               "count_accuracy": 0.8, "loss": 0.5}])
+    assert "| 2 (selected) | 25.00 | 10.00 | 10.00 | 5.00 | 80.00 | 0.5000 |" in seg and "hash unchanged" in seg
 
 
 def test_format_cell_and_status():

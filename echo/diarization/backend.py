@@ -1,0 +1,134 @@
+"""The diarization back end: LDA/PLDA fitted on TRAINING speakers' embeddings, taken the way the
+:class:`~echo.diarization.diarizer.Diarizer` takes them at test time.
+
+Each training conversation (:mod:`echo.simulate.conversations`, train speakers only: noise, rooms,
+overlap) is encoded as the diarizer encodes a recording; it is cut into the diarizer's
+segmentation chunks, and every reference speaker with at least ``min_embed_s`` of speech alone in
+a chunk gives one speaker-head embedding over those tokens, labelled with the speaker. So the PLDA
+models the within-speaker variability of chunk embeddings across rooms, noise and conversations,
+which is what the clustering compares.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from echo.diarization.diarizer import DiarizerConfig, encode_long, reference_activity
+from echo.diarization.plda import PLDA, PLDAConfig
+from echo.errors import ConfigError, EchoError
+
+__all__ = ["BackendConfig", "conversation_latents", "fit_backend"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """PLDA training data (params.yaml ``evaluation.backend``).
+
+    Attributes:
+        plda: LDA/PLDA settings.
+        step_s: hop between the chunks embedded per training conversation (> 0).
+        max_per_speaker: at most this many embeddings per speaker (evenly spread; >= 2).
+        batch_size: embeddings per speaker-head batch (>= 1).
+    """
+
+    plda: PLDAConfig = PLDAConfig()
+    step_s: float = 2.5
+    max_per_speaker: int = 100
+    batch_size: int = 64
+
+    def __post_init__(self):
+        if not (isinstance(self.step_s, (int, float)) and math.isfinite(self.step_s) and self.step_s > 0):
+            raise ConfigError(f"backend.step_s: expected finite seconds > 0, got {self.step_s!r}")
+        for name, lo in (("max_per_speaker", 2), ("batch_size", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"backend.{name}: expected an integer >= {lo}, got {v!r}")
+
+
+def conversation_latents(encoder, frontend, conversations, diarizer: DiarizerConfig = DiarizerConfig(),
+                         hook: Callable | None = None) -> Iterator[tuple[Any, np.ndarray, np.ndarray, list[str]]]:
+    """Yield ``(item, (N, D) latents, (N, K) reference activity, labels)`` per conversation,
+    encoded exactly as the diarizer encodes a recording (same blocks and context)."""
+    token_s = encoder.cfg.patch_frames * frontend.hop_length / frontend.sample_rate
+    n = len(conversations)
+    for i in range(n):
+        it = conversations[i]
+        lat = encode_long(encoder, frontend, it.audio, diarizer.chunk_s, diarizer.context_s)
+        act, labels = reference_activity(it.annotation, len(lat), token_s)
+        if hook is not None:
+            hook("encode conversations", completed=i + 1, total=n)
+        yield it, lat, act, labels
+
+
+@torch.inference_mode()
+def fit_backend(model: Any, conversations, diarizer: DiarizerConfig = DiarizerConfig(),
+                config: BackendConfig = BackendConfig(), hook: Callable | None = None) -> PLDA:
+    """Fit LDA/PLDA on chunk embeddings of the speakers of TRAINING conversations.
+
+    Args:
+        model: the model bundle (encoder + speaker head).
+        conversations: :class:`echo.simulate.conversations.ConversationSet` of the TRAIN split.
+        diarizer: the diarizer settings (encoder blocks, chunk length, ``min_embed_s``).
+        config: :class:`BackendConfig`.
+        hook: progress callback.
+
+    Raises:
+        EchoError: test or dev conversations, no speaker head, or too few speakers.
+    """
+    from echo.evaluate import model_parts
+
+    split = _split_of(conversations)
+    if split not in (None, "train"):
+        raise EchoError(f"fit_backend: got {split.upper()} conversations; the back end is fitted on train speakers only")
+    parts = model_parts(model)
+    if parts.speaker is None:
+        raise EchoError("fit_backend: the model has no speaker head")
+    frontend = model.frontend
+    token_s = parts.encoder.cfg.patch_frames * frontend.hop_length / frontend.sample_rate
+    length = max(1, round(diarizer.segment_s / token_s))
+    hop = max(1, round(config.step_s / token_s))
+    min_tok = max(1, int(math.ceil(diarizer.min_embed_s / token_s - 1e-9)))
+    dev = parts.device
+    embs: list[np.ndarray] = []
+    speakers: list[str] = []
+    for _, lat, act, labels in conversation_latents(parts.encoder, frontend, conversations, diarizer, hook):
+        alone = act.astype(bool) & (act.sum(1, keepdims=True) == 1)
+        picks = [(a, j) for a in range(0, max(1, len(lat) - length + 1), hop) for j in range(len(labels))
+                 if alone[a:a + length, j].sum() >= min_tok]
+        for b in range(0, len(picks), config.batch_size):  # embedded per conversation: latents are not kept
+            part = picks[b:b + config.batch_size]
+            x = torch.zeros(len(part), length, lat.shape[1])
+            m = torch.zeros(len(part), length, dtype=torch.bool)
+            for r, (a, j) in enumerate(part):
+                seg = lat[a:a + length]
+                x[r, :len(seg)] = torch.from_numpy(seg)
+                m[r, :len(seg)] = torch.from_numpy(alone[a:a + length, j])
+            embs.append(parts.speaker(x.to(dev), m.to(dev)).float().cpu().numpy())
+            speakers += [labels[j] for _, j in part]
+    if len(set(speakers)) < 3:
+        raise EchoError(f"fit_backend: embeddings of {len(set(speakers))} speakers; expected at least 3")
+    spk = np.asarray(speakers)
+    keep = []
+    for s in np.unique(spk):
+        idx = np.flatnonzero(spk == s)
+        if len(idx) > config.max_per_speaker:
+            idx = idx[np.unique(np.linspace(0, len(idx) - 1, config.max_per_speaker).round().astype(int))]
+        keep.extend(idx.tolist())
+    keep = np.asarray(sorted(keep))
+    x = np.concatenate(embs)[keep]
+    log.info("fit_backend: %d chunk embeddings of %d training speakers", len(x), len(np.unique(spk[keep])))
+    return PLDA.fit(x, spk[keep], config.plda)
+
+
+def _split_of(conversations) -> str | None:
+    table = getattr(conversations, "table", None)
+    if table is not None and "split" in table.columns and len(table):
+        return str(table["split"].iloc[0])
+    return None

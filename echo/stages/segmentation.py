@@ -1,0 +1,303 @@
+"""Stage 4, segmentation: the local speaker segmentation head on the FINAL shared encoder.
+
+The head (:mod:`echo.heads.segmentation`, powerset, permutation-invariant) learns from chunks of
+the TRAINING conversations (train speakers only; noise, rooms and overlap as the simulator makes
+them) who of up to ``max_speakers`` local speakers talks at each token. The encoder is frozen:
+this stage adds a head and changes no latent, so every ability measured after the routing stage
+holds by construction (the summary records the encoder's hash before and after to show it). The
+latents are computed once per conversation exactly as the diarizer computes them (same encoder
+blocks and context), so the head sees at training what it sees at test.
+
+Model selection: the dev conversations (dev speakers), cut into chunks every ``dev_step_s``; the
+selected step has the lowest local segmentation error (missed + false alarm + confusion over
+reference speech, best permutation per chunk: the chunk-level DER of EEND papers).
+
+Hand-written training loop: the head trains on cached latents with no encoder in the loop, which
+the encoder stages' trainer (:class:`echo.stages.common.StageTrainer`) does not do.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from echo.diarization.backend import conversation_latents
+from echo.diarization.diarizer import DiarizerConfig
+from echo.errors import ConfigError, EchoError
+from echo.heads.segmentation import SegmentationConfig, SegmentationHead, best_permutation, powerset_pit_loss
+from echo.io import write_json, write_parquet
+from echo.train.schedules import WarmupCosine
+
+__all__ = ["SegmentationStageConfig", "local_targets", "segmentation_errors", "train_segmentation_stage"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentationStageConfig:
+    """params.yaml ``stages.segmentation``.
+
+    Attributes:
+        steps: training steps (>= 1).
+        batch_size: chunks per step (>= 1).
+        chunk_s: chunk length in seconds (> 0); the diarizer's ``segment_s`` must equal it.
+        lr: peak AdamW learning rate (> 0); warmup_steps: linear warmup; final_lr_ratio: cosine end.
+        weight_decay: AdamW weight decay (>= 0); grad_clip: max gradient norm (> 0).
+        eval_every: dev evaluation period in steps (>= 1); log_every: curve period (>= 1).
+        dev_step_s: hop between dev chunks (> 0).
+        seed: seed of the initialisation and of the chunk draws.
+        head: :class:`SegmentationConfig` (``d_model`` is taken from the encoder).
+    """
+
+    SECTION = "stages.segmentation"
+    steps: int = 1500
+    batch_size: int = 32
+    chunk_s: float = 5.0
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    final_lr_ratio: float = 0.05
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    log_every: int = 25
+    dev_step_s: float = 2.5
+    seed: int = 0
+    head: SegmentationConfig = field(default_factory=SegmentationConfig)
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_every", "log_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"segmentation.{name}: expected an integer >= 1, got {v!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or \
+                not 0 <= self.warmup_steps <= self.steps:
+            raise ConfigError(f"segmentation.warmup_steps: expected an integer in [0, steps], got {self.warmup_steps!r}")
+        for name in ("chunk_s", "lr", "grad_clip", "dev_step_s"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ConfigError(f"segmentation.{name}: expected a finite number > 0, got {v!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise ConfigError(f"segmentation.weight_decay: expected a number >= 0, got {self.weight_decay!r}")
+        if not (isinstance(self.final_lr_ratio, (int, float)) and 0 <= self.final_lr_ratio <= 1):
+            raise ConfigError(f"segmentation.final_lr_ratio: expected a number in [0, 1], got {self.final_lr_ratio!r}")
+
+
+def local_targets(activity: np.ndarray, max_speakers: int) -> np.ndarray:
+    """``(L, K)`` reference activity of one chunk -> ``(L, max_speakers)`` targets: the chunk's
+    speakers that talk, most active first (the extra ones beyond ``max_speakers`` are dropped, as
+    pyannote does), zero-padded."""
+    act = np.asarray(activity, dtype=np.float32)
+    tot = act.sum(0)
+    order = [j for j in np.argsort(-tot, kind="stable") if tot[j] > 0][:max_speakers]
+    out = np.zeros((act.shape[0], max_speakers), np.float32)
+    if order:
+        out[:, :len(order)] = act[:, order]
+    return out
+
+
+def segmentation_errors(hard: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Frame-level errors of one chunk under the best speaker permutation (seconds-free counts).
+
+    Args:
+        hard: ``(L, S)`` 0/1 predicted activity; target: ``(L, S)`` 0/1 reference.
+
+    Returns:
+        ``{"speech", "missed", "false_alarm", "confusion", "count_correct", "frames"}`` (token counts).
+    """
+    h = torch.as_tensor(hard, dtype=torch.float32)[None]
+    t = torch.as_tensor(target, dtype=torch.float32)[None]
+    perm = best_permutation(h.clamp(0.02, 0.98), t)[0]
+    t = t[0][:, perm].numpy()
+    h = h[0].numpy()
+    nr, nh = t.sum(1), h.sum(1)
+    correct = np.minimum(t, h).sum(1)  # speakers right at each token
+    return {"speech": float(nr.sum()), "missed": float(np.maximum(nr - nh, 0).sum()),
+            "false_alarm": float(np.maximum(nh - nr, 0).sum()),
+            "confusion": float((np.minimum(nr, nh) - correct).sum()),
+            "count_correct": float((nr == nh).sum()), "frames": float(len(nr))}
+
+
+def _encoder_sha(encoder) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(encoder.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class _Chunks:
+    """Training conversations' latents (float16) and reference activity, for random chunks."""
+
+    def __init__(self, items: list[tuple[np.ndarray, np.ndarray]], length: int, max_speakers: int):
+        self.lat = [x.astype(np.float16) for x, _ in items]
+        self.act = [a for _, a in items]
+        self.length, self.s = length, max_speakers
+        self.weights = np.array([max(1, len(x) - length + 1) for x in self.lat], np.float64)
+        self.weights /= self.weights.sum()
+
+    def sample(self, rng: np.random.Generator, b: int):
+        x = np.zeros((b, self.length, self.lat[0].shape[1]), np.float32)
+        y = np.zeros((b, self.length, self.s), np.float32)
+        m = np.zeros((b, self.length), bool)
+        for i, c in enumerate(rng.choice(len(self.lat), size=b, p=self.weights)):
+            n = len(self.lat[c])
+            a = int(rng.integers(0, max(1, n - self.length + 1)))
+            seg = self.lat[c][a:a + self.length]
+            x[i, :len(seg)], m[i, :len(seg)] = seg, True
+            y[i, :len(seg)] = local_targets(self.act[c][a:a + self.length], self.s)
+        return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(m)
+
+
+def _dev_chunks(items, length: int, hop: int, s: int):
+    xs, ys, ms = [], [], []
+    for lat, act in items:
+        for a in range(0, max(1, len(lat) - length + 1), hop):
+            seg = lat[a:a + length]
+            x = np.zeros((length, lat.shape[1]), np.float32)
+            y = np.zeros((length, s), np.float32)
+            m = np.zeros(length, bool)
+            x[:len(seg)], m[:len(seg)] = seg, True
+            y[:len(seg)] = local_targets(act[a:a + length], s)
+            xs.append(x.astype(np.float16)), ys.append(y), ms.append(m)
+    return np.stack(xs), np.stack(ys), np.stack(ms)
+
+
+@torch.no_grad()
+def _evaluate(head: SegmentationHead, dev, device) -> dict[str, float]:
+    x, y, m = dev
+    head.eval()
+    tot = {"speech": 0.0, "missed": 0.0, "false_alarm": 0.0, "confusion": 0.0, "count_correct": 0.0, "frames": 0.0}
+    loss, nb = 0.0, 0
+    for b in range(0, len(x), 64):
+        xb = torch.from_numpy(x[b:b + 64].astype(np.float32)).to(device)
+        yb, mb = torch.from_numpy(y[b:b + 64]).to(device), torch.from_numpy(m[b:b + 64]).to(device)
+        logits = head(xb, mb)
+        loss += float(powerset_pit_loss(logits, yb, head.powerset, mb))
+        nb += 1
+        hard = head.powerset.hard_multilabel(logits) * m[b:b + 64, :, None]
+        for j in range(len(hard)):
+            valid = m[b + j]
+            e = segmentation_errors(hard[j][valid], y[b + j][valid])
+            for k in tot:
+                tot[k] += e[k]
+    sp = max(tot["speech"], 1.0)
+    return {"loss": loss / max(nb, 1), "error": (tot["missed"] + tot["false_alarm"] + tot["confusion"]) / sp,
+            "missed": tot["missed"] / sp, "false_alarm": tot["false_alarm"] / sp,
+            "confusion": tot["confusion"] / sp, "count_accuracy": tot["count_correct"] / max(tot["frames"], 1.0)}
+
+
+def train_segmentation_stage(cfg: SegmentationStageConfig, bundle_dir: str | Path, train_conversations,
+                             dev_conversations, out_dir: str | Path, log_metrics: Callable | None = None,
+                             device: str = "cpu", diarizer: DiarizerConfig = DiarizerConfig()) -> Path:
+    """Train the segmentation head on the frozen final encoder; write ``bundle/`` (the input bundle
+    plus the head, stage ``segmentation``), ``curves.parquet``, ``dev.parquet``, ``summary.json``.
+
+    Raises:
+        ConfigError: ``chunk_s`` differs from the diarizer's ``segment_s``.
+        EchoError: test conversations given, or no conversations.
+    """
+    from echo.models.bundle import EchoModel
+
+    if abs(cfg.chunk_s - diarizer.segment_s) > 1e-9:
+        raise ConfigError(f"stages.segmentation.chunk_s: expected evaluation.diarizer.segment_s "
+                          f"({diarizer.segment_s}), got {cfg.chunk_s}")
+    for sset, want in ((train_conversations, "train"), (dev_conversations, "dev")):
+        table = getattr(sset, "table", None)
+        if table is not None and len(table) and str(table["split"].iloc[0]) != want:
+            raise EchoError(f"segmentation stage: expected {want} conversations, got {table['split'].iloc[0]}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev_t = torch.device(device)
+    model = EchoModel.load(bundle_dir, map_location=dev_t)
+    enc = model.encoder.eval()
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    sha0 = _encoder_sha(enc)
+    token_s = enc.cfg.patch_frames * model.frontend.hop_length / model.frontend.sample_rate
+    length = max(1, round(cfg.chunk_s / token_s))
+    t0 = time.perf_counter()
+    train_items = [(lat, act) for _, lat, act, _ in conversation_latents(enc, model.frontend, train_conversations, diarizer)]
+    dev_items = [(lat, act) for _, lat, act, _ in conversation_latents(enc, model.frontend, dev_conversations, diarizer)]
+    if not train_items or not dev_items:
+        raise EchoError("segmentation stage: no training or dev conversations")
+    encode_s = time.perf_counter() - t0
+    log.info("segmentation stage: encoded %d train / %d dev conversations in %.0f s", len(train_items),
+             len(dev_items), encode_s)
+    hcfg = dataclasses.replace(cfg.head, d_model=enc.cfg.dim)
+    torch.manual_seed(cfg.seed)
+    head = SegmentationHead(hcfg).to(dev_t)
+    chunks = _Chunks(train_items, length, hcfg.max_speakers)
+    dev = _dev_chunks(dev_items, length, max(1, round(cfg.dev_step_s / token_s)), hcfg.max_speakers)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = WarmupCosine(0.0, cfg.lr, cfg.lr * cfg.final_lr_ratio, cfg.warmup_steps, cfg.steps)
+    rng = np.random.default_rng(cfg.seed)
+    curves, dev_rows = [], []
+    best = {"step": 0, "error": math.inf, "state": None, "metrics": None}
+
+    def evaluate(step: int) -> None:
+        met = _evaluate(head, dev, dev_t)
+        dev_rows.append({"step": step, **met})
+        if log_metrics is not None:
+            log_metrics({f"dev_{k}": v for k, v in met.items()}, step)
+        if met["error"] < best["error"]:
+            best.update(step=step, error=met["error"], metrics=met,
+                        state={k: v.detach().clone() for k, v in head.state_dict().items()})
+        log.info("segmentation stage: step %d dev error %.4f (missed %.4f, FA %.4f, confusion %.4f), count acc %.4f",
+                 step, met["error"], met["missed"], met["false_alarm"], met["confusion"], met["count_accuracy"])
+
+    step_times = []
+    for step in range(1, cfg.steps + 1):
+        t1 = time.perf_counter()
+        head.train()
+        lr = sched.step()
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y, m = (t.to(dev_t) for t in chunks.sample(rng, cfg.batch_size))
+        loss = powerset_pit_loss(head(x, m), y, head.powerset, m)
+        if not math.isfinite(float(loss)):
+            raise EchoError(f"stages.segmentation: loss is {float(loss)} at step {step}; lower stages.segmentation.lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+        opt.step()
+        step_times.append(time.perf_counter() - t1)
+        if step % cfg.log_every == 0 or step == 1 or step == cfg.steps:
+            rec = {"step": step, "loss": float(loss), "grad_norm": float(gn), "lr": lr, "step_s": step_times[-1]}
+            curves.append(rec)
+            if log_metrics is not None:
+                log_metrics({k: v for k, v in rec.items() if k != "step"}, step)
+            log.info("segmentation stage: step %d/%d loss %.4f", step, cfg.steps, float(loss))
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            evaluate(step)
+    head.load_state_dict(best["state"])
+    head.eval()
+    if _encoder_sha(enc) != sha0:  # the stage must not touch the shared latent
+        raise EchoError("segmentation stage: the encoder changed during training")
+    meta = dict(model.meta)
+    stages = dict(meta.get("stages", {}))
+    stages["segmentation"] = {"config": dataclasses.asdict(cfg), "selected_step": best["step"], "dev": best["metrics"],
+                              "trainable": "head only (encoder frozen)", "encoder_sha256": sha0}
+    meta["stages"] = stages
+    bundle = EchoModel(model.encoder.cpu(), model.frontend, "segmentation", speaker=model.speaker, arcface=model.arcface,
+                       ctc=model.ctc, vq_ctc=model.vq_ctc, router=model.router, segmentation=head.cpu(), meta=meta)
+    bundle.save(out_dir / "bundle")
+    write_parquet(pd.DataFrame(curves), out_dir / "curves.parquet")
+    write_parquet(pd.DataFrame(dev_rows), out_dir / "dev.parquet")
+    write_json(out_dir / "summary.json", {
+        "stage": "segmentation", "config": dataclasses.asdict(cfg), "steps": cfg.steps,
+        "trainable": "head only (encoder frozen)", "encoder_sha256_before": sha0, "encoder_sha256_after": _encoder_sha(enc),
+        "selection": {"metric": "error", "higher_is_better": False}, "best_step": best["step"], "best": best["metrics"],
+        "final": dev_rows[-1] if dev_rows else None, "step_time_s": float(np.median(step_times)),
+        "encode_s": encode_s, "train_chunks_per_step": cfg.batch_size, "device": dev_t.type,
+        "train_conversations": len(train_items), "dev_chunks": int(len(dev[0])),
+    })
+    return out_dir / "bundle"

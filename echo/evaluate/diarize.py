@@ -125,8 +125,14 @@ def _condition(agg: dict, per: list[dict], bootstrap: BootstrapConfig) -> dict:
         "jer": agg["jer"],
         "jer_ci": _ci_pair([r["jer_speaker_error"] for r in per], [r["jer_speaker_count"] for r in per], bootstrap),
         "missed": agg["missed"], "false_alarm": agg["false_alarm"], "confusion": agg["confusion"],
-        "total": agg["total"],
+        "total": agg["total"], **_rates(agg),
     }
+
+
+def _rates(agg: dict) -> dict:
+    """Error components as fractions of the reference speech (the seconds stay under their names)."""
+    t = agg["total"]
+    return {f"{k}_rate": (agg[k] / t if t > 0 else math.nan) for k in ("missed", "false_alarm", "confusion")}
 
 
 def _count_summary(per_rec: list[dict], bootstrap: BootstrapConfig) -> dict:
@@ -272,7 +278,7 @@ def evaluate_conditions(diarizer: Diarizer, conversations, oracles: Sequence[boo
     for oracle, h, hx, wall_s in zip(oracles, hyps, exclusive, wall):
         out = score_conversations(refs, h, uems, k_of, bootstrap)
         ex = score_diarization(refs, hx, uems, k_of, PRIMARY)
-        out["exclusive"] = {k: ex[k] for k in ("der", "missed", "false_alarm", "confusion", "total")}
+        out["exclusive"] = {**{k: ex[k] for k in ("der", "missed", "false_alarm", "confusion", "total")}, **_rates(ex)}
         out.update(condition="oracle" if oracle else "blind", audio_s=audio_s, wall_s=wall_s,
                    real_time_factor=wall_s / audio_s if audio_s else math.nan,
                    vbx={"Fa": diarizer.config.vbx.Fa, "Fb": diarizer.config.vbx.Fb,

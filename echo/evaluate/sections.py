@@ -157,10 +157,10 @@ def main_table(diarization: Result = None, separation: Result = None, abilities:
 
     row("Blind DER, all K, primary (%)", D, "primary.der", 100, " %", PAPER["der_blind"], "der_all",
         ci="primary.der_ci")
-    row("Missed speech, all K (%)", D, "primary.missed", 100, " %", target_key="missed")
-    row("False alarm, all K (%)", D, "primary.false_alarm", 100, " %")
-    row("Speaker confusion, all K (%)", D, "primary.confusion", 100, " %")
-    row("False alarm, K=1 (%)", D, "primary.by_k.1.false_alarm", 100, " %", target_key="fa_k1")
+    row("Missed speech, all K (%)", D, "primary.missed_rate", 100, " %", target_key="missed")
+    row("False alarm, all K (%)", D, "primary.false_alarm_rate", 100, " %")
+    row("Speaker confusion, all K (%)", D, "primary.confusion_rate", 100, " %")
+    row("False alarm, K=1 (%)", D, "primary.by_k.1.false_alarm_rate", 100, " %", target_key="fa_k1")
     row("Exclusive output DER, all K (%)", D, "exclusive.der", 100, " %")
     for k in (1, 2, 3, 4, 5):
         if k == 1 and _get(D if isinstance(D, Mapping) else (D[0] if D else None), "primary.by_k.1") is None:

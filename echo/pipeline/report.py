@@ -126,8 +126,9 @@ def evaluation_sections(results: Path) -> tuple[list[str], dict]:
         "count_accuracy_mixtures": sep["count_accuracy"], "pit_accuracy": sep["pit_accuracy"],
         "latent_si_sdr": sep["si_sdr"], "latent_si_sdri": sep["si_sdri"],
         "der_blind_by_k": {str(k): v["der"] for k, v in diar["blind"]["primary"].get("by_k", {}).items()},
-        "missed_blind": diar["blind"]["primary"]["missed"], "false_alarm_blind": diar["blind"]["primary"]["false_alarm"],
-        "confusion_blind": diar["blind"]["primary"]["confusion"],
+        "missed_blind": diar["blind"]["primary"].get("missed_rate"),
+        "false_alarm_blind": diar["blind"]["primary"].get("false_alarm_rate"),
+        "confusion_blind": diar["blind"]["primary"].get("confusion_rate"),
         "der_exclusive": diar["blind"].get("exclusive", {}).get("der"),
         "pretrain": m,
         "abilities": {st: {k: v for k, v in (a or {}).items() if isinstance(v, (int, float))}

@@ -59,7 +59,7 @@ class SegmentationStageConfig:
     """
 
     SECTION = "stages.segmentation"
-    steps: int = 1500
+    steps: int = 800
     batch_size: int = 32
     chunk_s: float = 5.0
     lr: float = 2e-3
@@ -67,7 +67,7 @@ class SegmentationStageConfig:
     final_lr_ratio: float = 0.05
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    eval_every: int = 250
+    eval_every: int = 200
     log_every: int = 25
     dev_step_s: float = 2.5
     seed: int = 0
@@ -263,19 +263,20 @@ def train_segmentation_stage(cfg: SegmentationStageConfig, bundle_dir: str | Pat
             g["lr"] = lr
         x, y, m = (t.to(dev_t) for t in chunks.sample(rng, cfg.batch_size))
         loss = powerset_pit_loss(head(x, m), y, head.powerset, m)
-        if not math.isfinite(float(loss)):
-            raise EchoError(f"stages.segmentation: loss is {float(loss)} at step {step}; lower stages.segmentation.lr")
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise EchoError(f"stages.segmentation: loss is {value} at step {step}; lower stages.segmentation.lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
         opt.step()
         step_times.append(time.perf_counter() - t1)
         if step % cfg.log_every == 0 or step == 1 or step == cfg.steps:
-            rec = {"step": step, "loss": float(loss), "grad_norm": float(gn), "lr": lr, "step_s": step_times[-1]}
+            rec = {"step": step, "loss": value, "grad_norm": float(gn), "lr": lr, "step_s": step_times[-1]}
             curves.append(rec)
             if log_metrics is not None:
                 log_metrics({k: v for k, v in rec.items() if k != "step"}, step)
-            log.info("segmentation stage: step %d/%d loss %.4f", step, cfg.steps, float(loss))
+            log.info("segmentation stage: step %d/%d loss %.4f", step, cfg.steps, value)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             evaluate(step)
     head.load_state_dict(best["state"])

@@ -88,8 +88,8 @@ class DiarizerConfig:
 
     chunk_s: float = 30.0
     context_s: float = 4.0
-    segment_s: float = 5.0
-    segment_step_s: float = 1.0
+    segment_s: float = 1.5
+    segment_step_s: float = 0.5
     min_embed_s: float = 0.4
     ahc: AHCConfig = AHCConfig()
     vbx: VBxConfig = VBxConfig(loopP=0.0)

@@ -61,7 +61,7 @@ class SegmentationStageConfig:
     SECTION = "stages.segmentation"
     steps: int = 800
     batch_size: int = 32
-    chunk_s: float = 5.0
+    chunk_s: float = 1.5
     lr: float = 2e-3
     warmup_steps: int = 100
     final_lr_ratio: float = 0.05
@@ -69,7 +69,7 @@ class SegmentationStageConfig:
     grad_clip: float = 1.0
     eval_every: int = 200
     log_every: int = 25
-    dev_step_s: float = 2.5
+    dev_step_s: float = 0.75
     seed: int = 0
     head: SegmentationConfig = field(default_factory=SegmentationConfig)
 

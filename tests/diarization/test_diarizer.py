@@ -200,7 +200,7 @@ def test_save_and_from_pretrained_give_identical_output(tmp_path):
                       segmentation=SegmentationHead(SegmentationConfig(d_model=16, width=8, num_layers=1))).eval()
     rng = np.random.default_rng(0)
     plda = PLDA.fit(rng.standard_normal((60, 8)), np.repeat(np.arange(6), 10), PLDAConfig(lda_dim=5))
-    d = Diarizer(model, plda, DiarizerConfig(segment_step_s=2.5, ahc=AHCConfig(threshold=0.9)))
+    d = Diarizer(model, plda, DiarizerConfig(segment_s=2.5, segment_step_s=2.5, ahc=AHCConfig(threshold=0.9)))
     wave = (0.1 * rng.standard_normal(16000 * 12)).astype(np.float32)
     d.save(tmp_path / "dz")
     d2 = Diarizer.from_pretrained(tmp_path / "dz")

@@ -21,9 +21,9 @@ import pytest
 
 from echo.config import ROOT
 from echo.pipeline.dag import nodes
+from tiny_project import TINY, copy_project
 
 SCRIPT = ROOT / "workflow" / "slurm" / "local-cluster.sh"
-TINY = ROOT / "tests" / "data" / "params-tiny.yaml"
 # metrics that measure speed, not results: they differ between any two runs
 TIMING = {"wall_s", "tokens_per_s_median", "diarization_rtf"}
 
@@ -89,16 +89,6 @@ def cluster(tmp_path_factory, request):
     return state, env
 
 
-def _copy_project(d: Path) -> Path:
-    for name in ("Snakefile", "workflow", "profiles", "echo", "dvc.yaml"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, d / name)
-    shutil.copy(TINY, d / "params.yaml")
-    for pyc in d.rglob("__pycache__"):
-        shutil.rmtree(pyc)
-    return d
-
-
 @pytest.fixture(scope="module")
 def slurm_run(cluster, tmp_path_factory):
     """The tiny workflow through `snakemake --profile profiles/slurm` (the script's `run`)."""
@@ -114,7 +104,7 @@ def slurm_run(cluster, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory, slurm_run):  # after the SLURM run: the two must not share 2 cores
-    d = _copy_project(tmp_path_factory.mktemp("local_proj"))
+    d = copy_project(tmp_path_factory.mktemp("local_proj"))
     t0 = time.monotonic()
     p = _sh([sys.executable, "-m", "snakemake", "--cores", "2", "results/tables.md"], cwd=d)
     print(f"\nlocal run of the tiny workflow: {time.monotonic() - t0:.0f} s", file=sys.stderr)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from echo.config import ROOT
 from echo.pipeline.dag import nodes
+from tiny_project import copy_project
 
 pytestmark = pytest.mark.slow
-TINY = ROOT / "tests" / "data" / "params-tiny.yaml"
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1",
        "PYTHONUNBUFFERED": "1"}
 
@@ -35,13 +33,7 @@ def _sh(args, cwd, check=True, timeout=1500):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A copy of the workflow with the tiny params as params.yaml, built once with Snakemake."""
-    d = tmp_path_factory.mktemp("proj")
-    for name in ("Snakefile", "workflow", "profiles", "echo", "dvc.yaml"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, d / name)
-    shutil.copy(TINY, d / "params.yaml")
-    for pyc in d.rglob("__pycache__"):
-        shutil.rmtree(pyc)
+    d = copy_project(tmp_path_factory.mktemp("proj"))
     p = _sh([sys.executable, "-m", "snakemake", "--cores", "4", "results/tables.md"], d)
     (d / "snakemake.out").write_text(p.stdout + p.stderr)
     return d

@@ -22,7 +22,7 @@ from echo.diarization.diarizer import DiarizerConfig, encode_long, reference_act
 from echo.diarization.plda import PLDA, PLDAConfig
 from echo.errors import ConfigError, EchoError
 
-__all__ = ["BackendConfig", "conversation_latents", "fit_backend"]
+__all__ = ["BackendConfig", "conversation_latents", "conversation_split", "fit_backend"]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def fit_backend(model: Any, conversations, diarizer: DiarizerConfig = DiarizerCo
     """
     from echo.evaluate import model_parts
 
-    split = _split_of(conversations)
+    split = conversation_split(conversations)
     if split not in (None, "train"):
         raise EchoError(f"fit_backend: got {split.upper()} conversations; the back end is fitted on train speakers only")
     parts = model_parts(model)
@@ -127,7 +127,8 @@ def fit_backend(model: Any, conversations, diarizer: DiarizerConfig = DiarizerCo
     return PLDA.fit(x, spk[keep], config.plda)
 
 
-def _split_of(conversations) -> str | None:
+def conversation_split(conversations) -> str | None:
+    """The split of a :class:`~echo.simulate.conversations.ConversationSet` (None for a plain list)."""
     table = getattr(conversations, "table", None)
     if table is not None and "split" in table.columns and len(table):
         return str(table["split"].iloc[0])

@@ -571,8 +571,6 @@ class Diarizer:
         if want is not None and len(order) < want:
             warn.append(f"diarize {p.uri}: {want} speakers requested, {len(order)} found: "
                         f"{want - len(order)} cluster(s) won no speech after reconstruction")
-        if max_speakers is not None and len(order) > max_speakers:  # cannot happen: at most len(centroids)
-            warn.append(f"diarize {p.uri}: {len(order)} speakers found above max_speakers={max_speakers}")
         for w in warn:
             log.warning(w)
         return DiarizeOutput(over_ann, excl_ann, out_emb, labels, warn, p)

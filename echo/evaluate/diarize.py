@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from echo.diarization.backend import conversation_split
 from echo.diarization.diarizer import Diarizer, DiarizerConfig
 from echo.diarization.vbx import VBxConfig
 from echo.errors import ConfigError, EchoError
@@ -164,13 +165,6 @@ def _items(conversations: Iterable) -> list:
     return list(conversations)
 
 
-def _split_of(conversations) -> str | None:
-    table = getattr(conversations, "table", None)
-    if table is not None and "split" in table.columns and len(table):
-        return str(table["split"].iloc[0])
-    return None
-
-
 def tune_on_dev(diarizer: Diarizer, conversations, grid: TuneConfig = TuneConfig()) -> tuple[DiarizerConfig, list[dict]]:
     """Choose ``Fa``, ``Fb``, ``loopP`` and the AHC threshold on DEV conversations by blind primary DER.
 
@@ -184,7 +178,7 @@ def tune_on_dev(diarizer: Diarizer, conversations, grid: TuneConfig = TuneConfig
     Raises:
         EchoError: the conversations are from the test split, or there are none.
     """
-    if _split_of(conversations) == "test":
+    if conversation_split(conversations) == "test":
         raise EchoError("tune_on_dev: got TEST conversations; tune on the dev split only")
     items = _pick(_items(conversations), grid.max_recordings)
     if not items:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from echo.diarization.backend import conversation_latents
+from echo.diarization.backend import conversation_latents, conversation_split
 from echo.diarization.diarizer import DiarizerConfig
 from echo.errors import ConfigError, EchoError
 from echo.heads.segmentation import SegmentationConfig, SegmentationHead, best_permutation, powerset_pit_loss
@@ -211,9 +211,9 @@ def train_segmentation_stage(cfg: SegmentationStageConfig, bundle_dir: str | Pat
         raise ConfigError(f"stages.segmentation.chunk_s: expected evaluation.diarizer.segment_s "
                           f"({diarizer.segment_s}), got {cfg.chunk_s}")
     for sset, want in ((train_conversations, "train"), (dev_conversations, "dev")):
-        table = getattr(sset, "table", None)
-        if table is not None and len(table) and str(table["split"].iloc[0]) != want:
-            raise EchoError(f"segmentation stage: expected {want} conversations, got {table['split'].iloc[0]}")
+        got = conversation_split(sset)
+        if got is not None and got != want:
+            raise EchoError(f"segmentation stage: expected {want} conversations, got {got}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev_t = torch.device(device)

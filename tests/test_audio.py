@@ -4,10 +4,11 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile as sf
-from bad_audio import write_bad_input
 
 from echo import audio
 from echo.errors import AudioError
+
+from tests.helpers import write_bad_input
 
 
 def _tone(sr, seconds=0.5, f=440.0):

@@ -4,12 +4,13 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile as sf
-from bad_audio import write_bad_input
 
 from echo import audio
 from echo.errors import AudioError, ConfigError
 from echo.inference import (TOKEN_SAMPLES, InferenceConfig, chunk_spans, encode_latents, is_silent, probe,
                             read_all, stream)
+
+from tests.helpers import write_bad_input
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg CLI not installed")
 

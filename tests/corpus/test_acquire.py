@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import io
 import tarfile
 import threading
@@ -17,9 +16,8 @@ from echo.corpus.acquire import AcquireConfig, DownloadItem, acquire, check_layo
 from echo.corpus.adapters import RealCorpusConfig, build_real_corpus
 from echo.errors import ConfigError, EchoError
 
-_spec = importlib.util.spec_from_file_location("corpus_fixtures", Path(__file__).with_name("fixtures.py"))
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
+from tests.corpus import helpers as fx
+
 
 USER, PASSWORD = "alice", "s3cret"
 

@@ -1,7 +1,6 @@
 """Real-corpus adapters on tiny fixture trees with the real layouts, codecs and broken files."""
 from __future__ import annotations
 
-import importlib.util
 import logging
 import shutil
 from pathlib import Path
@@ -16,9 +15,8 @@ from echo.corpus import g2p, manifest
 from echo.corpus.adapters import RealCorpusConfig, build_real_corpus, hash_split, scan_corpus, speech_extent
 from echo.errors import ConfigError, EchoError
 
-_spec = importlib.util.spec_from_file_location("corpus_fixtures", Path(__file__).with_name("fixtures.py"))
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
+from tests.corpus import helpers as fx
+
 
 VOX2_DEV = ["id00011", "id00012", "id00013", "id00014", "id00015"]
 VOX2_TEST = ["id00021", "id00022"]

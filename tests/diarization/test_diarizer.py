@@ -5,7 +5,6 @@ import pytest
 import torch
 from pyannote.core import Segment
 
-from diar_fixtures import TOKEN_S, conversation, fit_plda, latents, parts, speaker_vectors
 
 from echo.diarization.ahc import AHCConfig
 from echo.diarization.diarizer import (BlockReader, Diarizer, DiarizerConfig, activity_annotation, chunk_log_mel,
@@ -13,6 +12,8 @@ from echo.diarization.diarizer import (BlockReader, Diarizer, DiarizerConfig, ac
 from echo.errors import ConfigError, EchoError
 from echo.evaluate.diarize import score_conversations
 from echo.features import FrontEnd
+
+from tests.diarization.helpers import TOKEN_S, conversation, fit_plda, latents, parts, speaker_vectors
 
 # three speakers, turn-taking with a 2 s overlap of speakers 0 and 1 and a pause
 TURNS = [((0,), 6), ((0, 1), 2), ((1,), 5), ((), 1), ((2,), 6), ((0,), 5)]

@@ -21,7 +21,8 @@ import pytest
 
 from echo.config import ROOT
 from echo.pipeline.dag import nodes
-from tiny_project import TINY, copy_project
+
+from tests.pipeline.helpers import TINY, copy_project
 
 SCRIPT = ROOT / "workflow" / "slurm" / "local-cluster.sh"
 # metrics that measure speed, not results: they differ between any two runs

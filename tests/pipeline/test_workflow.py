@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from echo.pipeline.dag import nodes
-from tiny_project import copy_project
+
+from tests.pipeline.helpers import copy_project
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1",

@@ -4,13 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pretrain_fixtures import ENC, tiny_arrays, tiny_config
 
 from echo.errors import CacheMismatchError, ConfigError
 from echo.models.vit import Encoder
 from echo.train.collapse import CollapseError
 from echo.train.loader import FeatureArrays
 from echo.train.pretrain import PretrainConfig, pretrain
+
+from tests.train.helpers import ENC, tiny_arrays, tiny_config
 
 
 class Killed(Exception):

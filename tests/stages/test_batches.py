@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 import torch
-from stage_fixtures import build_world
 
 from echo.errors import CacheMismatchError, EchoError
 from echo.stages.batches import CropSampler, LabelledFrames, ctc_targets, dev_batches, mixture_indices, phone_lookup
+
+from tests.stages.helpers import build_world
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sim_fixture import SR, build_corpus
 
 from echo.corpus import manifest
 from echo.errors import ConfigError, EchoError
 from echo.simulate.mixtures import MixtureConfig, MixtureSet, make_mixture, simulate_mixtures
 from echo.simulate.utterances import UtterancePool
 
+from tests.simulate.helpers import SR, build_corpus
+
 QUANT = 1 / 32768  # one 16-bit step
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return build_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")

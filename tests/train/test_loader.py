@@ -3,11 +3,12 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-from pretrain_fixtures import tiny_arrays
 
 from echo.errors import EchoError
 from echo.models.masks import MaskCollator, MaskConfig
 from echo.train.loader import CropLoader, FeatureArrays
+
+from tests.train.helpers import tiny_arrays
 
 
 def test_crops_stay_inside_one_utterance_and_match_the_array():

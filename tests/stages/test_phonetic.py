@@ -5,13 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from stage_fixtures import build_world, pretrained_encoder, stage_bundle
 
 from echo.errors import ConfigError
 from echo.heads.guard import latent_distillation_loss
 from echo.models.bundle import EchoModel
 from echo.stages.common import StageGuardConfig
 from echo.stages.phonetic import PhoneticStage, PhoneticStageConfig
+
+from tests.stages.helpers import build_world, pretrained_encoder, stage_bundle
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ WORKER = textwrap.dedent("""
     import torch
     import torch.distributed as dist
 
-    sys.path.insert(0, {tests!r})
-    from pretrain_fixtures import ENC, tiny_arrays, tiny_config
+    sys.path.insert(0, {root!r})
+    from tests.train.helpers import ENC, tiny_arrays, tiny_config
     from echo.train import distributed
     from echo.train.pretrain import JEPATrainer
 
@@ -31,7 +31,7 @@ WORKER = textwrap.dedent("""
 
 def test_two_process_replicas_stay_identical_and_match_one_process(tmp_path):
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(tests=str(Path(__file__).parent)))
+    script.write_text(WORKER.format(root=str(Path(__file__).resolve().parents[2])))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=240)
@@ -44,8 +44,7 @@ def test_two_process_replicas_stay_identical_and_match_one_process(tmp_path):
     assert (tmp_path / "run" / "encoder.pt").exists()
 
     # 2 ranks x 4 crops = one process x 8 crops: same global batch, same masks, averaged gradients
-    sys.path.insert(0, str(Path(__file__).parent))
-    from pretrain_fixtures import ENC, tiny_arrays, tiny_config
+    from tests.train.helpers import ENC, tiny_arrays, tiny_config
 
     from echo.train.pretrain import JEPATrainer
 

@@ -1,22 +1,19 @@
 """Scoring and dev tuning of the diarizer (echo.evaluate.diarize), on constructed recordings
-whose latents carry a perfect local segmentation (tests/diarization/diar_fixtures.py)."""
+whose latents carry a perfect local segmentation (tests/diarization/helpers.py)."""
 import dataclasses
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from pyannote.core import Annotation, Segment, Timeline
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "diarization"))  # the shared diarizer fixtures
-from diar_fixtures import conversation, fit_plda, latents, parts, speaker_vectors  # noqa: E402
+from echo.diarization.ahc import AHCConfig
+from echo.diarization.diarizer import Diarizer, DiarizerConfig
+from echo.errors import ConfigError, EchoError
+from echo.evaluate.diarize import TuneConfig, evaluate_conditions, score_conversations, tune_on_dev
+from echo.features import FrontEnd
 
-from echo.diarization.ahc import AHCConfig  # noqa: E402
-from echo.diarization.diarizer import Diarizer, DiarizerConfig  # noqa: E402
-from echo.errors import ConfigError, EchoError  # noqa: E402
-from echo.evaluate.diarize import TuneConfig, evaluate_conditions, score_conversations, tune_on_dev  # noqa: E402
-from echo.features import FrontEnd  # noqa: E402
+from tests.diarization.helpers import conversation, fit_plda, latents, parts, speaker_vectors
 
 
 @dataclasses.dataclass

@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from stage_fixtures import build_world, pretrained_encoder
 
 from echo.errors import CacheMismatchError, ConfigError
 from echo.heads.arcface import ArcFaceConfig
@@ -14,6 +13,8 @@ from echo.models.bundle import EchoModel
 from echo.models.vit import Encoder
 from echo.stages.common import StageGuardConfig
 from echo.stages.speaker import SpeakerStage, SpeakerStageConfig, train_speaker_stage
+
+from tests.stages.helpers import build_world, pretrained_encoder
 
 
 class Killed(Exception):

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from pyannote.core import Annotation, Segment
-from sim_fixture import SR, build_corpus
 
 from echo.corpus import manifest
 from echo.errors import ConfigError, EchoError
@@ -15,12 +14,9 @@ from echo.simulate.conversations import (ConversationConfig, ConversationSet, ov
 from echo.simulate.rttm import annotation_from_intervals
 from echo.simulate.utterances import UtterancePool
 
+from tests.simulate.helpers import SR, build_corpus
+
 SHORT = dict(min_duration_s=8.0, max_duration_s=14.0, shard_hours=0.01)  # a few shards per test set
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return build_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def _digest(d: Path) -> dict:

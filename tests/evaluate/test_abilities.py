@@ -5,13 +5,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from eval_fixtures import tiny_parts
 
 from echo.errors import ConfigError
 from echo.evaluate.abilities import AbilityConfig, extract_views, measure_abilities
 from echo.features import FrontEnd, build_feature_cache
 from echo.metrics.bootstrap import BootstrapConfig
 from echo.metrics.probe import ProbeConfig
+
+from tests.evaluate.helpers import tiny_parts
 
 CFG = AbilityConfig(probe=ProbeConfig(max_train_frames=400, max_test_frames=200), max_tokens_per_utt=20,
                     bootstrap=BootstrapConfig(n_boot=200))

@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from stage_fixtures import build_mixtures, build_world, pretrained_encoder, stage_bundle
 
 from echo.errors import ConfigError
 from echo.models.bundle import EchoModel
@@ -13,6 +12,8 @@ from echo.models.vit import Encoder
 from echo.simulate.mixtures import MixtureSet
 from echo.stages.common import StageGuardConfig
 from echo.stages.routing import RoutingStage, RoutingStageConfig, train_routing_stage
+
+from tests.stages.helpers import build_mixtures, build_world, pretrained_encoder, stage_bundle
 
 
 @pytest.fixture(scope="module")

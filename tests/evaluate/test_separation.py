@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from eval_fixtures import tiny_parts
 
 from echo.errors import ConfigError, EchoError
 from echo.evaluate.separation import SeparationConfig, evaluate_routing, score_mixture, summarise_separation
 from echo.metrics.bootstrap import BootstrapConfig
+
+from tests.evaluate.helpers import tiny_parts
 
 B = BootstrapConfig(n_boot=200)
 

@@ -70,9 +70,11 @@ def resolve_model(checkpoint: str | os.PathLike | None) -> Path:
         if not path.exists():
             raise EchoError(f"{path}: no such model bundle (--checkpoint)")
         return path
+    from echo.models.bundle import BUNDLE_FILE
+
     env = os.environ.get("ECHO_MODEL")
     path = Path(env) if env else DEFAULT_MODEL
-    if not (path / "bundle.json").is_file():
+    if not (path / BUNDLE_FILE).is_file():
         raise EchoError(f"{path}: no trained model yet; run `{TRAIN_COMMAND}` first, or pass --checkpoint DIR")
     print(f"echo: using the default model {path}{' ($ECHO_MODEL)' if env else ''}; --checkpoint DIR picks another",
           file=sys.stderr)

@@ -56,7 +56,7 @@ __all__ = ["DiarizerConfig", "DiarizeOutput", "Prepared", "Diarizer", "BlockRead
 
 log = logging.getLogger(__name__)
 
-# the deployable folder: the model bundle's own files plus these two
+# the deployable folder: the model bundle's files (echo.models.bundle.BUNDLE_FILE, component_file) plus these two
 MODEL_FILES = {"plda": "plda.npz", "config": "diarizer.json"}
 Hook = Callable[..., Any]
 

@@ -5,7 +5,6 @@ embedding is trained with :class:`echo.heads.arcface.ArcFaceLoss` and clustered 
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from echo.errors import ConfigError
-from echo.heads import config_from_dict, load_checkpoint, save_checkpoint
+from echo.heads import Checkpointed
 from echo.heads.pooling import VARIANTS, AttentiveStatsPooling, PoolingConfig
 
 __all__ = ["SpeakerConfig", "SpeakerHead"]
@@ -48,8 +47,11 @@ class SpeakerConfig:
             raise ConfigError(f"speaker.attention_dim: expected >= 1, got {self.attention_dim}")
 
 
-class SpeakerHead(nn.Module):
+class SpeakerHead(Checkpointed, nn.Module):
     """``(B, T, d_model)`` latents + mask -> ``(B, emb_dim)`` unit-norm speaker embeddings."""
+
+    kind = "speaker"
+    config_class = SpeakerConfig
 
     def __init__(self, config: SpeakerConfig = SpeakerConfig()) -> None:
         super().__init__()
@@ -73,15 +75,3 @@ class SpeakerHead(nn.Module):
         """
         pooled = self.pool_norm(self.pool(latents, mask))
         return F.normalize(self.emb_norm(self.proj(pooled)), dim=-1)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write config and weights (see :func:`echo.heads.save_checkpoint`)."""
-        save_checkpoint(path, "speaker", self.config, self.state_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "SpeakerHead":
-        """Rebuild a :class:`SpeakerHead` written by :meth:`save` (on CPU, in eval mode)."""
-        ck = load_checkpoint(path, "speaker")
-        head = cls(config_from_dict(SpeakerConfig, ck["config"], "speaker"))
-        head.load_state_dict(ck["state_dict"])
-        return head.eval()

@@ -18,9 +18,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from echo.diarization.diarizer import DiarizerConfig, encode_long, reference_activity
+from echo.diarization.diarizer import DiarizerConfig, reference_activity
 from echo.diarization.plda import PLDA, PLDAConfig
 from echo.errors import ConfigError, EchoError
+from echo.inference import encode_long
 
 __all__ = ["BackendConfig", "conversation_latents", "conversation_split", "fit_backend"]
 

@@ -27,7 +27,6 @@ from typing import Mapping
 
 from pyannote.core import Annotation, Segment, Timeline
 from pyannote.metrics.diarization import DiarizationErrorRate, JaccardErrorRate
-from tqdm import tqdm
 
 from echo.errors import ConfigError, EchoError
 from echo.io import write_text
@@ -108,7 +107,7 @@ def score_diarization(
         raise EchoError(f"hypothesis uri {extra[0]!r} has no reference annotation")
     uems = uems or {}
     per_recording = []
-    for uri in tqdm(sorted(refs), desc="DER", unit="rec", disable=None, leave=False):
+    for uri in sorted(refs):
         ref = refs[uri]
         hyp = hyps.get(uri)
         if hyp is None:

@@ -629,30 +629,21 @@ def cmd_embed(args: argparse.Namespace) -> int:
         _write_npy(Path(args.out), emb)
         return 0
     windows = sliding_windows(duration, windows_cfg)
-    emb = window_embeddings(model, z, windows, session.frame_shift, dev)
+    emb = window_embeddings(model, z, windows, session.frame_shift)
     out = Path(args.out)
     _write_npy(out.with_name(out.stem + ".windows.npy"), windows.astype(np.float32))
     _write_npy(out, emb)
     return 0
 
 
-def window_embeddings(model, latents: np.ndarray, windows: np.ndarray, frame_shift: float, device: str,
-                      batch: int = 256) -> np.ndarray:
-    """Speaker embeddings ``(N, E)`` of the latent frames inside each window (padded batches)."""
-    import torch
-
+def window_embeddings(model, latents: np.ndarray, windows: np.ndarray, frame_shift: float) -> np.ndarray:
+    """Speaker embeddings ``(N, E)`` of the latent frames inside each window (seconds)."""
     a = np.floor(windows[:, 0] / frame_shift + 1e-6).astype(np.int64)
     b = np.maximum(a + 1, np.ceil(windows[:, 1] / frame_shift - 1e-6).astype(np.int64))
-    b = np.minimum(b, len(latents))
-    out = []
-    for i in range(0, len(windows), batch):
-        lens = b[i:i + batch] - a[i:i + batch]
-        x = np.zeros((len(lens), int(lens.max()), latents.shape[1]), np.float32)
-        for j, (s, n) in enumerate(zip(a[i:i + batch], lens)):
-            x[j, :n] = latents[s:s + n]
-        mask = torch.arange(x.shape[1])[None] < torch.from_numpy(lens)[:, None]
-        out.append(model.embed_speaker(torch.from_numpy(x).to(device), mask.to(device)).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    lens = np.minimum(b, len(latents)) - a
+    width = int(lens.max()) if len(lens) else 1
+    masks = np.arange(width)[None] < lens[:, None]
+    return model.speaker.embed_windows(latents, a, width, masks, batch_size=256)
 
 
 # -- parser --------------------------------------------------------------------------------------

@@ -458,10 +458,11 @@ class Diarizer:
         pool = np.where(alone.sum(1, keepdims=True) > 0, alone, h)  # (B, L, S): pool clean tokens if any
         valid[idx] = h.any(1)
         clean[idx] = alone.sum(1) >= min_tok
-        lat = xt.unsqueeze(1).expand(b, s, length, xt.shape[-1]).reshape(b * s, length, xt.shape[-1])
-        mask = torch.from_numpy(np.ascontiguousarray(pool.transpose(0, 2, 1).reshape(b * s, length))).to(dev)
-        mask = torch.where(mask.any(1, keepdim=True), mask, mt.repeat_interleave(s, 0))  # silent speakers: unused
-        e = self.parts.speaker(lat, mask).float().cpu().numpy().reshape(b, s, -1)
+        mask = pool.transpose(0, 2, 1).reshape(b * s, length)  # (chunk, local speaker) rows
+        mask = np.where(mask.any(1, keepdims=True), mask, np.repeat(m, s, 0))  # silent speakers: unused
+        # the batch's chunks laid end to end: window (c, k) is chunk c's tokens, pooled for speaker k
+        e = self.parts.speaker.embed_windows(x.reshape(b * length, -1), np.repeat(np.arange(b) * length, s), length,
+                                             mask, batch_size=b * s).reshape(b, s, -1)
         return e * valid[idx][:, :, None]
 
     def cluster(self, p: Prepared, num_speakers: int | None = None, min_speakers: int | None = None,

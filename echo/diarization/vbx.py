@@ -32,7 +32,7 @@ from scipy.special import softmax
 from echo.diarization.ahc import AHCConfig, ahc_cluster
 from echo.errors import ConfigError, EchoError
 
-__all__ = ["VBxConfig", "VBxResult", "Clustering", "vbx", "smooth_labels", "vbx_cluster", "assign_overlap"]
+__all__ = ["VBxConfig", "VBxResult", "Clustering", "vbx", "smooth_labels", "vbx_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -259,29 +259,3 @@ def vbx_cluster(
     order = np.r_[order, np.setdiff1d(np.arange(len(keep)), order)]
     post = post[:, order]
     return Clustering(post, post.argmax(1), len(keep), pi[keep][order], res.elbo)
-
-
-def assign_overlap(posteriors: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Speaker activity with overlap: the most likely speaker everywhere, plus the second most
-    likely speaker in windows flagged by an overlap detector (BUT's "second speaker" output).
-
-    Args:
-        posteriors: (T, K) per-window speaker posteriors.
-        second: (T,) bool, windows with evidence of a second simultaneous speaker.
-
-    Returns:
-        (T, K) bool activity.
-    """
-    p = np.asarray(posteriors, dtype=np.float64)
-    m = np.asarray(second, dtype=bool)
-    if m.shape != (len(p),):
-        raise EchoError(f"assign_overlap: overlap mask has shape {m.shape}, expected ({len(p)},)")
-    act = np.zeros(p.shape, dtype=bool)
-    if p.size == 0:
-        return act
-    rank = np.argsort(-p, axis=1, kind="stable")
-    rows = np.arange(len(p))
-    act[rows, rank[:, 0]] = True
-    if p.shape[1] > 1:
-        act[rows[m], rank[m, 1]] = True
-    return act

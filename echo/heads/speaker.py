@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,3 +76,36 @@ class SpeakerHead(Checkpointed, nn.Module):
         """
         pooled = self.pool_norm(self.pool(latents, mask))
         return F.normalize(self.emb_norm(self.proj(pooled)), dim=-1)
+
+    @torch.no_grad()
+    def embed_windows(self, latents: np.ndarray, starts, length: int, masks: np.ndarray | None = None,
+                      batch_size: int = 64) -> np.ndarray:
+        """Embeddings of windows of one recording's latents, in padded batches (the one place the
+        diarizer, its back end and ``echo embed`` cut windows out of a latent sequence).
+
+        Args:
+            latents: ``(N, d_model)`` latents of the recording.
+            starts: ``(M,)`` first token of each window; a window is ``latents[s : s + length]``
+                (shorter at the end of the recording), zero-padded to ``length``.
+            length: window length in tokens (the padded width of every batch).
+            masks: ``(M, length)`` bool, the tokens each window is pooled over (within the
+                recording); None = all its tokens.
+            batch_size: windows per forward pass.
+
+        Returns:
+            ``(M, emb_dim)`` float32 unit embeddings.
+        """
+        lat = np.asarray(latents, dtype=np.float32)
+        starts = np.asarray(starts, dtype=np.int64)
+        dev = next(self.parameters()).device
+        out = []
+        for b0 in range(0, len(starts), batch_size):
+            part = starts[b0:b0 + batch_size]
+            x = np.zeros((len(part), length, lat.shape[1]), np.float32)
+            m = np.zeros((len(part), length), bool)
+            for r, a in enumerate(part):
+                seg = lat[a:a + length]
+                x[r, :len(seg)] = seg
+                m[r, :len(seg)] = True if masks is None else masks[b0 + r, :len(seg)]
+            out.append(self(torch.from_numpy(x).to(dev), torch.from_numpy(m).to(dev)).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.config.emb_dim), np.float32)

@@ -8,7 +8,7 @@ from scipy.optimize import linear_sum_assignment
 
 from echo.diarization.ahc import AHCConfig, ahc_cluster
 from echo.diarization.plda import PLDA, PLDAConfig
-from echo.diarization.vbx import VBxConfig, _forward_backward_jump, _prior_update, assign_overlap, vbx, vbx_cluster
+from echo.diarization.vbx import VBxConfig, _forward_backward_jump, _prior_update, vbx, vbx_cluster
 from echo.errors import ConfigError
 
 D = 128
@@ -147,12 +147,6 @@ def test_prior_update_counts_expected_speaker_entries():
         entries += p * e
     want = entries / total
     assert np.allclose(_prior_update(ll, gamma, beta, scale, pi, loop), want / want.sum())
-
-
-def test_assign_overlap_adds_second_speaker_only_where_flagged():
-    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.45, 0.05]])
-    act = assign_overlap(p, np.array([False, True, True]))
-    assert act.tolist() == [[True, False, False], [False, True, True], [True, True, False]]
 
 
 def test_config_validation():

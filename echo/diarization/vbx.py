@@ -19,7 +19,9 @@ pi collapse towards 0 and are pruned. Initialised from AHC labels softened by
 Hand-written: BUT's reference VBx (github.com/BUTSpeechFIT/VBx) is not on PyPI and
 pyannote.audio (which vendors a copy) is far too heavy a dependency for this one algorithm. This
 version uses a scaled (probability-domain, per-frame normalised) forward-backward, which is
-equivalent to the log-domain one and needs only matrix-vector products per frame.
+equivalent to the log-domain one and needs only matrix-vector products per frame. A golden test
+(tests/diarization/test_vbx.py, fixture and provenance in tests/diarization/data/) checks it
+against BUT's ``VBx()`` on fixed inputs.
 """
 from __future__ import annotations
 

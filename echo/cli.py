@@ -70,9 +70,11 @@ def resolve_model(checkpoint: str | os.PathLike | None) -> Path:
         if not path.exists():
             raise EchoError(f"{path}: no such model bundle (--checkpoint)")
         return path
+    from echo.models.bundle import BUNDLE_FILE
+
     env = os.environ.get("ECHO_MODEL")
     path = Path(env) if env else DEFAULT_MODEL
-    if not (path / "bundle.json").is_file():
+    if not (path / BUNDLE_FILE).is_file():
         raise EchoError(f"{path}: no trained model yet; run `{TRAIN_COMMAND}` first, or pass --checkpoint DIR")
     print(f"echo: using the default model {path}{' ($ECHO_MODEL)' if env else ''}; --checkpoint DIR picks another",
           file=sys.stderr)
@@ -126,16 +128,17 @@ class _Session:
             raise EchoError(f"{self.path}: this bundle (stage {self.model.stage}) has no {head} head, which "
                             f"{command} needs; use the final bundle of `{TRAIN_COMMAND}`")
 
-    def latents_of_chunk(self, wave: np.ndarray) -> np.ndarray:
-        import torch
+    def latents(self, wave: np.ndarray, name: str = "") -> np.ndarray:
+        """``(N, D)`` latents of a 16 kHz recording, encoded in ``--chunk-seconds`` blocks (a bar
+        named ``name`` on a terminal)."""
+        from echo.inference import encode_long
 
-        mels = torch.from_numpy(self.model.frontend.compute(wave))
-        return self.model.latents(mels).features[0].float().cpu().numpy()
-
-    def latents(self, wave: np.ndarray, desc: str) -> np.ndarray:
-        from echo.inference import encode_latents
-
-        return encode_latents(self.latents_of_chunk, wave, self.config, desc=desc)
+        progress = _Progress(name, len(wave) / 16000, self.config)
+        try:
+            return encode_long(self.model.encoder, self.model.frontend, wave, self.config.chunk_seconds,
+                               self.config.context_seconds, hook=progress)
+        finally:
+            progress.close()
 
     @property
     def frame_shift(self) -> float:
@@ -172,10 +175,14 @@ def _probe_all(paths: list[str]) -> list:
     return sources
 
 
-def _read(src, session: _Session) -> np.ndarray:
+def _read(src, config) -> np.ndarray:
     from echo.inference import read_all
 
-    return read_all(src, session.config)
+    progress = _Progress(src.path.name, src.duration, config)
+    try:
+        return read_all(src, config, hook=progress)
+    finally:
+        progress.close()
 
 
 def _read_streamed(src, config):
@@ -340,25 +347,31 @@ def _load_diarizer(path: Path, device: str = "cpu", **overrides):
 
 
 class _Progress:
-    """The diarizer's ``hook``: a tqdm bar per recording, shown only when stderr is a terminal."""
+    """The library's progress ``hook`` (decoding, encoding, the diarizer): a tqdm bar per step,
+    shown only when stderr is a terminal and the input lasts at least ``progress_seconds``."""
 
-    def __init__(self, name: str):
-        self.name, self.bar = name, None
-        self.enabled = sys.stderr.isatty()
+    def __init__(self, name: str, seconds: float | None = None, config=None):
+        self.name, self.bar, self.step = name, None, None
+        short = seconds is not None and config is not None and seconds < config.progress_seconds
+        self.enabled = sys.stderr.isatty() and not short
 
     def __call__(self, step: str, completed: int | None = None, total: int | None = None, **_) -> None:
         if not self.enabled or completed is None:
             return
-        if self.bar is None:
+        if self.bar is None or step != self.step:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=f"{step} {self.name}", unit="block", leave=False)
+            self.close()
+            self.step = step
+            self.bar = tqdm(total=total, desc=f"{step} {self.name}".strip(), leave=False,
+                            unit="s" if step == "decode" else "block")
         self.bar.n = completed
         self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 class _HoldWarnings(logging.Filter):
@@ -385,7 +398,7 @@ def cmd_diarize(args: argparse.Namespace) -> int:
     from pyannote.core import Annotation
 
     from echo.audio import SAMPLE_RATE
-    from echo.inference import InferenceConfig, is_silent, read_all
+    from echo.inference import InferenceConfig, is_silent
     from echo.io import write_json, write_text
     from echo.metrics.der import format_rttm
 
@@ -408,7 +421,7 @@ def cmd_diarize(args: argparse.Namespace) -> int:
         if src.backend == "soundfile":
             wave, count = _read_streamed(src, config)
         else:  # MP3/M4A/...: decoded whole (FFmpeg), 230 MB per hour
-            wave = read_all(src, config)
+            wave = _read(src, config)
             count = len(wave)
             if is_silent(wave, config.silence_dbfs):
                 print(f"echo: {src.path}: silent (peak below {config.silence_dbfs:g} dBFS)", file=sys.stderr)
@@ -461,6 +474,7 @@ def cmd_diarize(args: argparse.Namespace) -> int:
 def cmd_separate(args: argparse.Namespace) -> int:
     from pyannote.core import Annotation
 
+    from echo.diarization.diarizer import activity_annotation
     from echo.io import write_json, write_text
     from echo.metrics.der import format_rttm
 
@@ -473,13 +487,13 @@ def cmd_separate(args: argparse.Namespace) -> int:
     session = _Session(args)
     session.require("router", "separate")
     uri = _uri(src.path)
-    wave = _read(src, session)
+    wave = _read(src, session.config)
     ann, streams = Annotation(uri=uri), []
     if not _silent(wave, src, session):
-        z = session.latents(wave, desc="encode")
+        z = session.latents(wave, src.path.name)
         del wave
         streams, activity = route_sources(session, z, args.route_seconds, args.activity_threshold)
-        ann = activity_annotation(activity, session.frame_shift, uri)
+        ann = activity_annotation(activity, session.frame_shift, uri, labels=[f"src{k}" for k in range(len(streams))])
     shift = session.frame_shift
     for k, stream in enumerate(streams):
         _write_npy(out_dir / f"{uri}.src{k}.npy", stream)
@@ -517,7 +531,7 @@ def route_sources(session: _Session, latents: np.ndarray, route_seconds: float =
     model, dev = session.model, session.device
     n = len(latents)
     per_chunk = max(1, round(route_seconds / session.frame_shift))
-    silence = session.latents_of_chunk(np.zeros(16000 * 2, np.float32))[2:-2].mean(0)
+    silence = session.latents(np.zeros(16000 * 2, np.float32))[2:-2].mean(0)
     silence = silence / max(np.linalg.norm(silence), 1e-12)
     streams: list[np.ndarray] = []
     signatures: list[np.ndarray] = []
@@ -560,20 +574,6 @@ def route_sources(session: _Session, latents: np.ndarray, route_seconds: float =
     return [streams[k] for k in found], activity[:, found]
 
 
-def activity_annotation(activity: np.ndarray, frame_shift: float, uri: str, prefix: str = "src"):
-    """Frame activity ``(N, S)`` -> Annotation with one label per source (runs of frames merged)."""
-    from pyannote.core import Annotation, Segment
-
-    ann = Annotation(uri=uri)
-    for k in range(activity.shape[1]):
-        a = np.r_[False, activity[:, k], False].astype(np.int8)
-        starts, ends = np.flatnonzero(np.diff(a) == 1), np.flatnonzero(np.diff(a) == -1)
-        for s, e in zip(starts, ends):
-            seg = Segment(round(s * frame_shift, 3), round(e * frame_shift, 3))
-            ann[seg, ann.new_track(seg)] = f"{prefix}{k}"
-    return ann
-
-
 # -- transcribe ----------------------------------------------------------------------------------
 def cmd_transcribe(args: argparse.Namespace) -> int:
     _check_out_file(args.out, "--out")
@@ -581,12 +581,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     session = _Session(args)
     head = "vq_ctc" if args.vq else "ctc"
     session.require(head, "transcribe")  # fail before decoding an hour of audio
-    wave = _read(src, session)
+    wave = _read(src, session.config)
     rows: list[tuple[float, float, str]] = []
     if not _silent(wave, src, session):
         import torch
 
-        z = session.latents(wave, desc="encode")
+        z = session.latents(wave, src.path.name)
         (t,) = session.model.transcribe(torch.from_numpy(z)[None].to(session.device), vq=args.vq)
         rows = list(zip(t.start_s, t.end_s, t.phones))
     if args.out is not None and Path(args.out).suffix.lower() == ".json":
@@ -617,11 +617,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
     (src,) = _probe_all([args.input])
     session = _Session(args)
     session.require("speaker", "embed")
-    wave = _read(src, session)
+    wave = _read(src, session.config)
     if _silent(wave, src, session):
         raise AudioError(f"{src.path}: silent (peak below {session.config.silence_dbfs:g} dBFS), no speaker to embed")
     duration = len(wave) / 16000
-    z = session.latents(wave, desc="encode")
+    z = session.latents(wave, src.path.name)
     del wave
     model, dev = session.model, session.device
     if windows_cfg is None:
@@ -629,30 +629,21 @@ def cmd_embed(args: argparse.Namespace) -> int:
         _write_npy(Path(args.out), emb)
         return 0
     windows = sliding_windows(duration, windows_cfg)
-    emb = window_embeddings(model, z, windows, session.frame_shift, dev)
+    emb = window_embeddings(model, z, windows, session.frame_shift)
     out = Path(args.out)
     _write_npy(out.with_name(out.stem + ".windows.npy"), windows.astype(np.float32))
     _write_npy(out, emb)
     return 0
 
 
-def window_embeddings(model, latents: np.ndarray, windows: np.ndarray, frame_shift: float, device: str,
-                      batch: int = 256) -> np.ndarray:
-    """Speaker embeddings ``(N, E)`` of the latent frames inside each window (padded batches)."""
-    import torch
-
+def window_embeddings(model, latents: np.ndarray, windows: np.ndarray, frame_shift: float) -> np.ndarray:
+    """Speaker embeddings ``(N, E)`` of the latent frames inside each window (seconds)."""
     a = np.floor(windows[:, 0] / frame_shift + 1e-6).astype(np.int64)
     b = np.maximum(a + 1, np.ceil(windows[:, 1] / frame_shift - 1e-6).astype(np.int64))
-    b = np.minimum(b, len(latents))
-    out = []
-    for i in range(0, len(windows), batch):
-        lens = b[i:i + batch] - a[i:i + batch]
-        x = np.zeros((len(lens), int(lens.max()), latents.shape[1]), np.float32)
-        for j, (s, n) in enumerate(zip(a[i:i + batch], lens)):
-            x[j, :n] = latents[s:s + n]
-        mask = torch.arange(x.shape[1])[None] < torch.from_numpy(lens)[:, None]
-        out.append(model.embed_speaker(torch.from_numpy(x).to(device), mask.to(device)).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    lens = np.minimum(b, len(latents)) - a
+    width = int(lens.max()) if len(lens) else 1
+    masks = np.arange(width)[None] < lens[:, None]
+    return model.speaker.embed_windows(latents, a, width, masks, batch_size=256)
 
 
 # -- parser --------------------------------------------------------------------------------------

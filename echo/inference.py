@@ -18,8 +18,12 @@ any work or output starts. Problems only visible in the samples (NaN/inf, a FLAC
 ends early) raise while streaming. Every problem is an :class:`~echo.errors.AudioError` with one
 line naming the file.
 
-Also: chunked encoding of long signals (:func:`chunk_spans`, :func:`encode_latents`) so the
-encoder's attention never sees more than ``chunk_seconds`` of audio at once.
+Also the one chunked encoder of long signals (:func:`iter_latents`, :func:`encode_long`; the
+diarizer, its back end and the CLI use it), so the encoder's attention never sees more than
+``chunk_seconds`` of audio at once and the log-mel of a block is computed from the samples it needs.
+
+Progress is reported through a ``hook(step, completed=..., total=...)`` the caller passes (the CLI
+draws bars with it); nothing here draws on the terminal.
 """
 from __future__ import annotations
 
@@ -29,21 +33,21 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
+import torch
 
 from echo.audio import SAMPLE_RATE, _SOUNDFILE_EXT, _check_path, _ffmpeg_decoder, _first_line, _soundfile_info, resample
 from echo.errors import AudioError, ConfigError
+from echo.features import FrontEnd
 
 __all__ = ["InferenceConfig", "AudioSource", "probe", "stream", "read_all", "is_silent",
-           "chunk_spans", "encode_latents", "TOKEN_SAMPLES"]
+           "chunk_log_mel", "token_count", "iter_latents", "encode_long"]
 
 log = logging.getLogger(__name__)
 
-# One encoder token = 4 log-mel frames of 10 ms = 640 samples at 16 kHz. Chunk boundaries are put
-# on multiples of it so that chunked tokens line up with the tokens of the whole signal.
-TOKEN_SAMPLES = 640
+Hook = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,8 @@ class InferenceConfig:
             tokens near chunk edges still see context.
         silence_dbfs: a recording whose peak is below this level (dB full scale, < 0) is treated
             as silent: no speakers, no phones.
-        progress_seconds: show a progress bar for inputs longer than this (>= 0) when stderr is
-            a terminal.
+        progress_seconds: the CLI shows progress bars for inputs longer than this (>= 0) when
+            stderr is a terminal.
     """
 
     block_seconds: float = 60.0
@@ -221,28 +225,26 @@ def _stream_ffmpeg(src: AudioSource, block_seconds: float) -> Iterator[np.ndarra
         yield x[i:i + step].astype(np.float32, copy=False)
 
 
-def read_all(src: AudioSource, config: InferenceConfig = InferenceConfig(), desc: str = "decode") -> np.ndarray:
+def read_all(src: AudioSource, config: InferenceConfig = InferenceConfig(), hook: Hook | None = None) -> np.ndarray:
     """Decode ``src`` block by block into one 16 kHz mono float32 array.
 
     Memory: the result (230 MB per hour) plus one block; never the file at its native rate.
-    """
-    from tqdm import tqdm
 
-    parts = []
-    with tqdm(total=round(src.duration), unit="s", desc=f"{desc} {src.path.name}", leave=False,
-              disable=_no_progress(src.duration, config)) as bar:
-        for x in stream(src, config.block_seconds):
-            parts.append(x)
-            bar.update(round(len(x) / SAMPLE_RATE))
+    Args:
+        src: a probed file.
+        config: the block length.
+        hook: progress callback ``hook("decode", completed=seconds decoded, total=seconds)``.
+    """
+    parts, done = [], 0
+    for x in stream(src, config.block_seconds):
+        parts.append(x)
+        done += len(x)
+        if hook is not None:
+            hook("decode", completed=round(done / SAMPLE_RATE), total=round(src.duration))
     wave = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else np.zeros(0, np.float32))
     if wave.size == 0:
         raise AudioError(f"{src.path}: contains no audio samples")
     return wave
-
-
-def _no_progress(duration: float, config: InferenceConfig) -> bool | None:
-    # None lets tqdm decide (no bar when stderr is not a terminal)
-    return True if duration < config.progress_seconds else None
 
 
 def is_silent(wave: np.ndarray, silence_dbfs: float = -70.0) -> bool:
@@ -251,44 +253,70 @@ def is_silent(wave: np.ndarray, silence_dbfs: float = -70.0) -> bool:
     return peak <= 10.0 ** (silence_dbfs / 20.0)
 
 
-def chunk_spans(num_samples: int, config: InferenceConfig = InferenceConfig()) -> list[tuple[int, int, int, int]]:
-    """Encoder chunks of a signal, aligned to token boundaries.
+def chunk_log_mel(frontend: FrontEnd, wave, f0: int, f1: int) -> np.ndarray:
+    """Frames ``f0 .. f1 - 1`` of ``frontend.compute(wave)``, computed from the samples they need.
 
-    Returns:
-        ``(lo, hi, keep_lo, keep_hi)`` sample offsets per chunk: encode ``wave[lo:hi]`` and keep its
-        tokens for ``[keep_lo, keep_hi)``; the kept spans tile ``[0, num_samples)``.
+    A centred STFT frame ``f`` reads samples ``f * hop +- n_fft / 2``; the slice read here starts
+    a whole number of hops (>= n_fft / 2) before the first frame's centre, so its frames line up
+    with the whole signal's, and its own edge padding only touches frames that are dropped, except
+    at the signal's true ends. The result equals slicing the whole recording's log-mel (to float
+    rounding) at a cost of ``f1 - f0`` frames.
     """
-    step = max(1, round(config.chunk_seconds * SAMPLE_RATE / TOKEN_SAMPLES)) * TOKEN_SAMPLES
-    ctx = round(config.context_seconds * SAMPLE_RATE / TOKEN_SAMPLES) * TOKEN_SAMPLES
-    spans = []
-    for keep_lo in range(0, max(num_samples, 1), step):
-        keep_hi = min(num_samples, keep_lo + step)
-        spans.append((max(0, keep_lo - ctx), min(num_samples, keep_hi + ctx), keep_lo, keep_hi))
-    return spans
+    hop = frontend.hop_length
+    f1 = min(f1, frontend.num_frames(len(wave)))
+    if f1 <= f0:
+        return np.zeros((0, frontend.n_mels), np.float32)
+    margin = -(-(frontend.n_fft // 2) // hop) * hop
+    lo = max(0, f0 * hop - margin)
+    hi = min(len(wave), (f1 - 1) * hop + margin + 1)
+    off = lo // hop
+    return frontend.compute(wave[lo:hi])[f0 - off: f1 - off]
 
 
-def encode_latents(latents_fn: Callable[[np.ndarray], np.ndarray], wave: np.ndarray,
-                   config: InferenceConfig = InferenceConfig(), desc: str = "encode") -> np.ndarray:
-    """Latents of a long signal, encoded chunk by chunk with context (bounded attention memory).
+def token_count(encoder: torch.nn.Module, frontend: FrontEnd, num_samples: int) -> int:
+    """Encoder tokens of a signal of ``num_samples`` (the last one may cover a partial patch)."""
+    return -(-frontend.num_frames(num_samples) // encoder.cfg.patch_frames)
+
+
+@torch.inference_mode()
+def iter_latents(encoder: torch.nn.Module, frontend: FrontEnd, wave, chunk_tokens: int,
+                 context_tokens: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Encode a recording block by block: yields ``(first token, (n, D) float32 latents)`` of
+    consecutive blocks of ``chunk_tokens`` tokens, each encoded with ``context_tokens`` of extra
+    context on each side (dropped). With one block this equals encoding the whole input at once.
 
     Args:
-        latents_fn: maps a 16 kHz mono chunk to its latents ``(ceil(frames / 4), D)`` with
-            ``frames = 1 + samples // 160`` (one token per 640 samples, the last one partial).
-        wave: 16 kHz mono float32.
-        config: chunk and context lengths.
-
-    Returns:
-        ``(N, D)`` float32, as many tokens as ``latents_fn(wave)`` gives (25 per second).
+        encoder: :class:`echo.models.vit.Encoder`.
+        frontend: its log-mel front-end.
+        wave: mono samples (an array or a :class:`echo.diarization.diarizer.BlockReader`).
+        chunk_tokens, context_tokens: block and context sizes in tokens (>= 1, >= 0).
     """
-    from tqdm import tqdm
+    p = encoder.cfg.patch_frames
+    n = token_count(encoder, frontend, len(wave))
+    dev = next(encoder.parameters()).device
+    chunk_tokens = max(1, int(chunk_tokens))
+    for c0 in range(0, n, chunk_tokens):
+        c1 = min(n, c0 + chunk_tokens)
+        a, b = max(0, c0 - context_tokens), min(n, c1 + context_tokens)
+        mels = torch.from_numpy(chunk_log_mel(frontend, wave, a * p, b * p)).to(dev)
+        yield c0, encoder(mels.unsqueeze(0)).features[0, c0 - a: c1 - a].float().cpu().numpy()
 
-    spans = chunk_spans(len(wave), config)
-    out = []
-    for lo, hi, keep_lo, keep_hi in tqdm(spans, desc=desc, unit="chunk", leave=False,
-                                        disable=_no_progress(len(wave) / SAMPLE_RATE, config)):
-        z = np.asarray(latents_fn(wave[lo:hi]), dtype=np.float32)
-        a = (keep_lo - lo) // TOKEN_SAMPLES
-        # the last chunk keeps all its remaining tokens (the centred STFT adds a frame at the end)
-        b = None if keep_hi == len(wave) else a + (keep_hi - keep_lo) // TOKEN_SAMPLES
-        out.append(z[a:b])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+def encode_long(encoder: torch.nn.Module, frontend: FrontEnd, wave, chunk_s: float = 30.0,
+                context_s: float = 4.0, hook: Hook | None = None) -> np.ndarray:
+    """The whole recording's ``(N, D)`` latents from :func:`iter_latents` (training sets, the CLI).
+
+    Args:
+        encoder, frontend, wave: as for :func:`iter_latents`.
+        chunk_s, context_s: block and context lengths in seconds (rounded to whole tokens).
+        hook: progress callback ``hook("encode", completed=blocks done, total=blocks)``.
+    """
+    token_s = encoder.cfg.patch_frames * frontend.hop_length / frontend.sample_rate
+    chunk_tokens, context_tokens = max(1, round(chunk_s / token_s)), round(context_s / token_s)
+    total = -(-token_count(encoder, frontend, len(wave)) // chunk_tokens)
+    blocks = []
+    for _, x in iter_latents(encoder, frontend, wave, chunk_tokens, context_tokens):
+        blocks.append(x)
+        if hook is not None:
+            hook("encode", completed=len(blocks), total=total)
+    return np.concatenate(blocks) if blocks else np.zeros((0, encoder.cfg.dim), np.float32)

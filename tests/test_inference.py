@@ -7,8 +7,7 @@ import soundfile as sf
 
 from echo import audio
 from echo.errors import AudioError, ConfigError
-from echo.inference import (TOKEN_SAMPLES, InferenceConfig, chunk_spans, encode_latents, is_silent, probe,
-                            read_all, stream)
+from echo.inference import InferenceConfig, encode_long, is_silent, probe, read_all, stream
 
 from tests.helpers import write_bad_input
 
@@ -103,33 +102,32 @@ def test_is_silent():
     assert not is_silent(np.full(1600, 1e-2, np.float32))
 
 
-def test_chunk_spans_tile_the_signal_on_token_boundaries():
-    cfg = InferenceConfig(chunk_seconds=1.0, context_seconds=0.2)
-    n = 16000 * 3 + 123
-    spans = chunk_spans(n, cfg)
-    assert spans[0][2] == 0 and spans[-1][3] == n
-    for (lo, hi, a, b), nxt in zip(spans, spans[1:] + [None]):
-        assert lo <= a < b <= hi and lo % TOKEN_SAMPLES == 0 and a % TOKEN_SAMPLES == 0
-        if nxt is not None:
-            assert b == nxt[2]
+def test_encode_long_blocks_equal_the_whole_encoding_and_report_progress():
+    import torch
 
-
-def _local_latents(wave):
-    """A stand-in encoder that only looks at each token's own samples: chunking must be exact."""
     from echo.features import FrontEnd
+    from echo.models.vit import Encoder, EncoderConfig
 
-    f = FrontEnd().compute(wave)
-    n = -(-len(f) // 4)
-    f = np.pad(f, ((0, n * 4 - len(f)), (0, 0)))
-    return f.reshape(n, 4, -1).mean(1)
-
-
-def test_encode_latents_chunked_equals_whole():
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig(n_mels=80, dim=16, depth=1, heads=2, mlp_dim=32)).eval()
+    fe = FrontEnd()
     wave = _noise(16000, 3.3)[:, 0]
-    whole = _local_latents(wave)
-    chunked = encode_latents(_local_latents, wave, InferenceConfig(chunk_seconds=0.7, context_seconds=0.2))
+    with torch.no_grad():
+        whole = enc(torch.from_numpy(fe.compute(wave))[None]).features[0].numpy()
+    calls = []
+    # context wider than the recording: every block sees all of it, so only block edges can differ
+    chunked = encode_long(enc, fe, wave, chunk_s=0.72, context_s=4.0, hook=lambda step, **kw: calls.append((step, kw)))
     assert chunked.shape == whole.shape
-    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-4)
+    assert calls == [("encode", {"completed": i, "total": 5}) for i in range(1, 6)]
+
+
+def test_read_all_reports_decoded_seconds(tmp_path):
+    p = tmp_path / "a.wav"
+    sf.write(p, _noise(16000, 2.0), 16000)
+    seen = []
+    read_all(probe(p), InferenceConfig(block_seconds=0.5), hook=lambda step, completed, total: seen.append((step, completed, total)))
+    assert [s[0] for s in seen] == ["decode"] * 4 and seen[-1][1:] == (2, 2)
 
 
 def test_config_ranges():

@@ -1,9 +1,9 @@
-"""Diarization back end: LDA + PLDA, AHC initialisation, VBx clustering, windows -> segments.
+"""Diarization: the :class:`~echo.diarization.diarizer.Diarizer` (local segmentation, then LDA +
+PLDA, AHC initialisation and VBx clustering of local-speaker embeddings).
 
 Typical use::
 
-    plda = PLDA.fit(train_embeddings, train_speakers, PLDAConfig())
-    windows = sliding_windows(duration, WindowConfig())
-    clus = vbx_cluster(window_embeddings, plda, VBxConfig(), AHCConfig())   # blind K
-    hyp = posteriors_to_annotation(clus.posteriors, windows, uri)
+    diarizer = Diarizer.from_pretrained("models/echo")
+    out = diarizer("meeting.wav")
+    out.speaker_diarization.write_rttm(sys.stdout)
 """

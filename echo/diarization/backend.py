@@ -18,9 +18,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from echo.diarization.diarizer import DiarizerConfig, encode_long, reference_activity
+from echo.diarization.diarizer import DiarizerConfig, reference_activity
 from echo.diarization.plda import PLDA, PLDAConfig
 from echo.errors import ConfigError, EchoError
+from echo.inference import encode_long
 
 __all__ = ["BackendConfig", "conversation_latents", "conversation_split", "fit_backend"]
 
@@ -95,23 +96,22 @@ def fit_backend(model: Any, conversations, diarizer: DiarizerConfig = DiarizerCo
     length = max(1, round(diarizer.segment_s / token_s))
     hop = max(1, round(config.step_s / token_s))
     min_tok = max(1, int(math.ceil(diarizer.min_embed_s / token_s - 1e-9)))
-    dev = parts.device
     embs: list[np.ndarray] = []
     speakers: list[str] = []
     for _, lat, act, labels in conversation_latents(parts.encoder, frontend, conversations, diarizer, hook):
         alone = act.astype(bool) & (act.sum(1, keepdims=True) == 1)
         picks = [(a, j) for a in range(0, max(1, len(lat) - length + 1), hop) for j in range(len(labels))
                  if alone[a:a + length, j].sum() >= min_tok]
-        for b in range(0, len(picks), config.batch_size):  # embedded per conversation: latents are not kept
-            part = picks[b:b + config.batch_size]
-            x = torch.zeros(len(part), length, lat.shape[1])
-            m = torch.zeros(len(part), length, dtype=torch.bool)
-            for r, (a, j) in enumerate(part):
-                seg = lat[a:a + length]
-                x[r, :len(seg)] = torch.from_numpy(seg)
-                m[r, :len(seg)] = torch.from_numpy(alone[a:a + length, j])
-            embs.append(parts.speaker(x.to(dev), m.to(dev)).float().cpu().numpy())
-            speakers += [labels[j] for _, j in part]
+        if not picks:
+            continue
+        starts = np.array([a for a, _ in picks])
+        masks = np.zeros((len(picks), length), bool)  # each speaker's tokens where it talks alone
+        for r, (a, j) in enumerate(picks):
+            seg = alone[a:a + length, j]
+            masks[r, :len(seg)] = seg
+        # embedded per conversation: latents are not kept
+        embs.append(parts.speaker.embed_windows(lat, starts, length, masks, config.batch_size))
+        speakers += [labels[j] for _, j in picks]
     if len(set(speakers)) < 3:
         raise EchoError(f"fit_backend: embeddings of {len(set(speakers))} speakers; expected at least 3")
     spk = np.asarray(speakers)

@@ -6,7 +6,7 @@ For one recording (16 kHz mono), in one streamed pass whose memory does not grow
 beyond small per-chunk arrays:
 
 1. the encoder runs in blocks of ``chunk_s`` seconds, each seen with ``context_s`` of extra
-   context on both sides (:func:`iter_latents`); only each block's core tokens are kept;
+   context on both sides (:func:`echo.inference.iter_latents`); only each block's core tokens are kept;
 2. segmentation chunks of ``segment_s`` seconds every ``segment_step_s`` go through the
    segmentation head (powerset, :mod:`echo.heads.segmentation`) as soon as their tokens are
    encoded: per token, which of the chunk's ``max_speakers`` local speakers talk (with overlap);
@@ -37,7 +37,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -49,16 +49,15 @@ from echo.diarization.plda import PLDA
 from echo.diarization.vbx import VBxConfig, vbx_cluster
 from echo.errors import ConfigError, EchoError
 from echo.features import FrontEnd
+from echo.inference import Hook, iter_latents, token_count
 
-__all__ = ["DiarizerConfig", "DiarizeOutput", "Prepared", "Diarizer", "BlockReader", "chunk_log_mel",
-           "iter_latents", "encode_long", "activity_annotation", "reference_activity", "constrained_assignment",
-           "check_speaker_counts", "MODEL_FILES"]
+__all__ = ["DiarizerConfig", "DiarizeOutput", "Prepared", "Diarizer", "BlockReader", "activity_annotation",
+           "reference_activity", "constrained_assignment", "check_speaker_counts", "MODEL_FILES"]
 
 log = logging.getLogger(__name__)
 
-# the deployable folder: the model bundle's own files plus these two
+# the deployable folder: the model bundle's files (echo.models.bundle.BUNDLE_FILE, component_file) plus these two
 MODEL_FILES = {"plda": "plda.npz", "config": "diarizer.json"}
-Hook = Callable[..., Any]
 
 
 def _need(ok: bool, key: str, expected: str, value) -> None:
@@ -157,58 +156,6 @@ class BlockReader:
         cut = min(max(0, lo - self._lo), len(self._buf))
         if cut:
             self._buf, self._lo = self._buf[cut:], self._lo + cut
-
-
-def chunk_log_mel(frontend: FrontEnd, wave, f0: int, f1: int) -> np.ndarray:
-    """Frames ``f0 .. f1 - 1`` of ``frontend.compute(wave)``, computed from the samples they need.
-
-    A centred STFT frame ``f`` reads samples ``f * hop +- n_fft / 2``; the slice read here starts
-    a whole number of hops (>= n_fft / 2) before the first frame's centre, so its frames line up
-    with the whole signal's, and its own edge padding only touches frames that are dropped, except
-    at the signal's true ends. The result equals slicing the whole recording's log-mel (to float
-    rounding) at a cost of ``f1 - f0`` frames.
-    """
-    hop = frontend.hop_length
-    f1 = min(f1, frontend.num_frames(len(wave)))
-    if f1 <= f0:
-        return np.zeros((0, frontend.n_mels), np.float32)
-    margin = -(-(frontend.n_fft // 2) // hop) * hop
-    lo = max(0, f0 * hop - margin)
-    hi = min(len(wave), (f1 - 1) * hop + margin + 1)
-    off = lo // hop
-    return frontend.compute(wave[lo:hi])[f0 - off: f1 - off]
-
-
-@torch.inference_mode()
-def iter_latents(encoder: torch.nn.Module, frontend: FrontEnd, wave, chunk_tokens: int,
-                 context_tokens: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Encode a recording block by block: yields ``(first token, (n, D) float32 latents)`` of
-    consecutive blocks of ``chunk_tokens`` tokens, each encoded with ``context_tokens`` of extra
-    context on each side (dropped). With one block this equals encoding the whole input at once.
-
-    Args:
-        encoder: :class:`echo.models.vit.Encoder`.
-        frontend: its log-mel front-end.
-        wave: mono samples (an array or a :class:`BlockReader`).
-        chunk_tokens, context_tokens: block and context sizes in tokens (>= 1, >= 0).
-    """
-    p = encoder.cfg.patch_frames
-    n = -(-frontend.num_frames(len(wave)) // p)
-    dev = next(encoder.parameters()).device
-    chunk_tokens = max(1, int(chunk_tokens))
-    for c0 in range(0, n, chunk_tokens):
-        c1 = min(n, c0 + chunk_tokens)
-        a, b = max(0, c0 - context_tokens), min(n, c1 + context_tokens)
-        mels = torch.from_numpy(chunk_log_mel(frontend, wave, a * p, b * p)).to(dev)
-        yield c0, encoder(mels.unsqueeze(0)).features[0, c0 - a: c1 - a].float().cpu().numpy()
-
-
-def encode_long(encoder: torch.nn.Module, frontend: FrontEnd, wave, chunk_s: float = 30.0,
-                context_s: float = 4.0) -> np.ndarray:
-    """The whole recording's ``(N, D)`` latents from :func:`iter_latents` (for training sets)."""
-    token_s = encoder.cfg.patch_frames * frontend.hop_length / frontend.sample_rate
-    blocks = [x for _, x in iter_latents(encoder, frontend, wave, round(chunk_s / token_s), round(context_s / token_s))]
-    return np.concatenate(blocks) if blocks else np.zeros((0, encoder.cfg.dim), np.float32)
 
 
 def reference_activity(annotation: Annotation, n_tokens: int, token_s: float) -> tuple[np.ndarray, list[str]]:
@@ -433,7 +380,7 @@ class Diarizer:
         """Encode, segment and embed (the costly part that no clustering setting changes)."""
         if len(wave) == 0:
             raise EchoError(f"diarize {uri}: empty recording")
-        n = -(-self.frontend.num_frames(len(wave)) // self.parts.encoder.cfg.patch_frames)
+        n = token_count(self.parts.encoder, self.frontend, len(wave))
         cfg = self.config
         chunk_tok, ctx_tok = round(cfg.chunk_s / self.token_s), round(cfg.context_s / self.token_s)
         total = -(-n // max(1, chunk_tok))
@@ -511,10 +458,11 @@ class Diarizer:
         pool = np.where(alone.sum(1, keepdims=True) > 0, alone, h)  # (B, L, S): pool clean tokens if any
         valid[idx] = h.any(1)
         clean[idx] = alone.sum(1) >= min_tok
-        lat = xt.unsqueeze(1).expand(b, s, length, xt.shape[-1]).reshape(b * s, length, xt.shape[-1])
-        mask = torch.from_numpy(np.ascontiguousarray(pool.transpose(0, 2, 1).reshape(b * s, length))).to(dev)
-        mask = torch.where(mask.any(1, keepdim=True), mask, mt.repeat_interleave(s, 0))  # silent speakers: unused
-        e = self.parts.speaker(lat, mask).float().cpu().numpy().reshape(b, s, -1)
+        mask = pool.transpose(0, 2, 1).reshape(b * s, length)  # (chunk, local speaker) rows
+        mask = np.where(mask.any(1, keepdims=True), mask, np.repeat(m, s, 0))  # silent speakers: unused
+        # the batch's chunks laid end to end: window (c, k) is chunk c's tokens, pooled for speaker k
+        e = self.parts.speaker.embed_windows(x.reshape(b * length, -1), np.repeat(np.arange(b) * length, s), length,
+                                             mask, batch_size=b * s).reshape(b, s, -1)
         return e * valid[idx][:, :, None]
 
     def cluster(self, p: Prepared, num_speakers: int | None = None, min_speakers: int | None = None,

@@ -19,7 +19,9 @@ pi collapse towards 0 and are pruned. Initialised from AHC labels softened by
 Hand-written: BUT's reference VBx (github.com/BUTSpeechFIT/VBx) is not on PyPI and
 pyannote.audio (which vendors a copy) is far too heavy a dependency for this one algorithm. This
 version uses a scaled (probability-domain, per-frame normalised) forward-backward, which is
-equivalent to the log-domain one and needs only matrix-vector products per frame.
+equivalent to the log-domain one and needs only matrix-vector products per frame. A golden test
+(tests/diarization/test_vbx.py, fixture and provenance in tests/diarization/data/) checks it
+against BUT's ``VBx()`` on fixed inputs.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from scipy.special import softmax
 from echo.diarization.ahc import AHCConfig, ahc_cluster
 from echo.errors import ConfigError, EchoError
 
-__all__ = ["VBxConfig", "VBxResult", "Clustering", "vbx", "forward_backward", "smooth_labels", "vbx_cluster", "assign_overlap"]
+__all__ = ["VBxConfig", "VBxResult", "Clustering", "vbx", "smooth_labels", "vbx_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -107,46 +109,17 @@ class Clustering:
     elbo: list[float] = field(default_factory=list)
 
 
-def forward_backward(log_lik: np.ndarray, transition: np.ndarray, initial: np.ndarray):
-    """Scaled forward-backward for an HMM.
-
-    Args:
-        log_lik: (T, S) per-frame log emission likelihoods.
-        transition: (S, S) row-stochastic transition matrix.
-        initial: (S,) initial state probabilities.
+def _forward_backward_jump(log_lik: np.ndarray, initial: np.ndarray, loop: float):
+    """Scaled forward-backward for VBx's transition ``loop * I + (1 - loop) * 1 pi^T`` (with
+    ``initial = pi``), in O(T S) instead of O(T S^2): with normalised forward variables,
+    ``alpha @ A = loop * alpha + (1 - loop) * pi`` and ``A @ v = loop * v + (1 - loop) * (pi . v)``.
+    Matters when AHC proposes hundreds of speakers on an hour-long recording.
 
     Returns:
         ``(gamma, log_px, alpha, beta, scale)``: (T, S) state posteriors, total log-likelihood,
         normalised forward and backward variables and the per-frame normalisers ``scale``
         (alpha_t sums to 1; the likelihood of frame t given the past is scale_t * exp(max_t)).
     """
-    t_len, s = log_lik.shape
-    peak = log_lik.max(axis=1, keepdims=True)
-    b = np.exp(log_lik - peak)  # in (0, 1], at least one 1 per row: no underflow of the sum
-    alpha = np.empty((t_len, s))
-    beta = np.empty((t_len, s))
-    scale = np.empty(t_len)
-    a = initial * b[0]
-    scale[0] = a.sum()
-    alpha[0] = a / scale[0]
-    for t in range(1, t_len):
-        a = (alpha[t - 1] @ transition) * b[t]
-        scale[t] = a.sum()
-        alpha[t] = a / scale[t]
-    beta[-1] = 1.0
-    for t in range(t_len - 2, -1, -1):
-        beta[t] = transition @ (b[t + 1] * beta[t + 1]) / scale[t + 1]
-    gamma = alpha * beta
-    gamma /= gamma.sum(axis=1, keepdims=True)
-    log_px = float(np.log(scale).sum() + peak.sum())
-    return gamma, log_px, alpha, beta, scale
-
-
-def _forward_backward_jump(log_lik: np.ndarray, initial: np.ndarray, loop: float):
-    """:func:`forward_backward` for VBx's transition ``loop * I + (1 - loop) * 1 pi^T`` (with
-    ``initial = pi``), in O(T S) instead of O(T S^2): with normalised forward variables,
-    ``alpha @ A = loop * alpha + (1 - loop) * pi`` and ``A @ v = loop * v + (1 - loop) * (pi . v)``.
-    Matters when AHC proposes hundreds of speakers on an hour-long recording."""
     t_len, s = log_lik.shape
     peak = log_lik.max(axis=1, keepdims=True)
     b = np.exp(log_lik - peak)
@@ -218,7 +191,7 @@ def _prior_update(log_lik, gamma, beta, scale, pi, loop):
     """Eq. (24): pi_s proportional to the expected number of times speaker s is entered, at the
     first frame or by a jump (probability (1 - loopP) pi_s) from any speaker, itself included."""
     # with normalised forward variables the sum over the source speaker of alpha_{t-1} is 1
-    b = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))  # same scaling as forward_backward
+    b = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))  # same scaling as _forward_backward_jump
     jumps = (b[1:] * beta[1:] / scale[1:, None]).sum(0)
     new = gamma[0] + (1.0 - loop) * pi * jumps
     return new / new.sum()
@@ -288,29 +261,3 @@ def vbx_cluster(
     order = np.r_[order, np.setdiff1d(np.arange(len(keep)), order)]
     post = post[:, order]
     return Clustering(post, post.argmax(1), len(keep), pi[keep][order], res.elbo)
-
-
-def assign_overlap(posteriors: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Speaker activity with overlap: the most likely speaker everywhere, plus the second most
-    likely speaker in windows flagged by an overlap detector (BUT's "second speaker" output).
-
-    Args:
-        posteriors: (T, K) per-window speaker posteriors.
-        second: (T,) bool, windows with evidence of a second simultaneous speaker.
-
-    Returns:
-        (T, K) bool activity.
-    """
-    p = np.asarray(posteriors, dtype=np.float64)
-    m = np.asarray(second, dtype=bool)
-    if m.shape != (len(p),):
-        raise EchoError(f"assign_overlap: overlap mask has shape {m.shape}, expected ({len(p)},)")
-    act = np.zeros(p.shape, dtype=bool)
-    if p.size == 0:
-        return act
-    rank = np.argsort(-p, axis=1, kind="stable")
-    rows = np.arange(len(p))
-    act[rows, rank[:, 0]] = True
-    if p.shape[1] > 1:
-        act[rows[m], rank[m, 1]] = True
-    return act

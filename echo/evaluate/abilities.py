@@ -33,11 +33,10 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from echo.corpus.manifest import SILENCE
 from echo.errors import ConfigError, EchoError
@@ -144,13 +143,15 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def extract_views(model: Any, cache, config: AbilityConfig = AbilityConfig()) -> Views:
+def extract_views(model: Any, cache, config: AbilityConfig = AbilityConfig(),
+                  hook: Callable[..., Any] | None = None) -> Views:
     """Encode the selected test utterances once and collect every view (see module docstring).
 
     Args:
         model: a bare :class:`~echo.models.vit.Encoder`, the stage bundle, or :class:`ModelParts`.
         cache: :class:`echo.features.FeatureCache` of the TEST split.
         config: :class:`AbilityConfig`.
+        hook: progress callback ``hook("abilities", completed=batches done, total=batches)``.
     """
     parts: ModelParts = model_parts(model)
     ids = _select(cache.index, config)
@@ -163,7 +164,8 @@ def extract_views(model: Any, cache, config: AbilityConfig = AbilityConfig()) ->
     rng = np.random.default_rng(config.seed)
     acc = {k: [] for k in ("lu", "su", "cu", "lf", "sf", "cf", "ph", "fs")}
     hyps: dict[str, dict[str, list[str]]] = {}
-    for i in tqdm(range(0, len(ids), config.batch_size), desc="abilities", disable=None, leave=False):
+    starts = range(0, len(ids), config.batch_size)
+    for done, i in enumerate(starts, 1):
         batch = ids[i:i + config.batch_size]
         mels = [cache.get(u) for u in batch]
         lat, mask = encode_batch(parts.encoder, mels)
@@ -196,6 +198,8 @@ def extract_views(model: Any, cache, config: AbilityConfig = AbilityConfig()) ->
                 acc["cf"].append(cont[j, sel_t].cpu())
             acc["ph"].append(inv[tok_lab[sel]])
             acc["fs"].append(np.full(len(sel), spk_of[u], dtype=object))
+        if hook is not None:
+            hook("abilities", completed=done, total=len(starts))
 
     def cat(key):
         return torch.cat(acc[key]).numpy() if acc[key] else None

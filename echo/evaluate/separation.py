@@ -26,11 +26,10 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from echo.errors import ConfigError, EchoError
 from echo.evaluate import model_parts
@@ -139,7 +138,8 @@ def summarise_separation(rows: Sequence[dict], bootstrap: BootstrapConfig = Boot
 
 @torch.no_grad()
 def evaluate_routing(model: Any, mixtures, target_encoder: torch.nn.Module | None = None,
-                     config: SeparationConfig = SeparationConfig(), frontend: FrontEnd | None = None) -> dict:
+                     config: SeparationConfig = SeparationConfig(), frontend: FrontEnd | None = None,
+                     hook: Callable[..., Any] | None = None) -> dict:
     """Route every test mixture and score it (see the module docstring for the exact targets).
 
     Args:
@@ -152,6 +152,7 @@ def evaluate_routing(model: Any, mixtures, target_encoder: torch.nn.Module | Non
             routing stage kept the encoder frozen; logged).
         config: :class:`SeparationConfig`.
         frontend: log-mel front-end (default: the bundle's, else the default one).
+        hook: progress callback ``hook("routing", completed=batches done, total=batches)``.
 
     Returns:
         :func:`summarise_separation`'s dict plus ``threshold``, ``wall_s`` and ``target``.
@@ -170,7 +171,8 @@ def evaluate_routing(model: Any, mixtures, target_encoder: torch.nn.Module | Non
         np.unique(np.linspace(0, n - 1, config.max_mixtures).round().astype(int)).tolist()
     t0 = time.perf_counter()
     rows = []
-    for a in tqdm(range(0, len(idx), config.batch_size), desc="routing", disable=None, leave=False):
+    starts = range(0, len(idx), config.batch_size)
+    for done, a in enumerate(starts, 1):
         items = [mixtures[i] for i in idx[a:a + config.batch_size]]
         mix = torch.from_numpy(np.stack([frontend.compute(it.mixture) for it in items])).to(dev)
         srcs = torch.from_numpy(np.stack([frontend.compute(s) for it in items for s in it.sources])).to(dev)
@@ -185,6 +187,8 @@ def evaluate_routing(model: Any, mixtures, target_encoder: torch.nn.Module | Non
             k = len(it.sources)
             rows.append(score_mixture(slots[j], active[j], refs[first:first + k], mix_lat[j], str(it.mix_id)))
             first += k
+        if hook is not None:
+            hook("routing", completed=done, total=len(starts))
     summary = summarise_separation(rows, config.bootstrap)
     summary.update(threshold=config.threshold, wall_s=time.perf_counter() - t0,
                    target="given" if target_encoder is not None else "evaluated encoder")

@@ -12,8 +12,9 @@ boolean padding mask ``(B, T)`` (True = valid frame).
 - :mod:`echo.heads.pit`: Hungarian permutation-invariant matching and the K-set loss.
 - :mod:`echo.heads.guard`: non-interference guards (freezing, latent distillation, L2-SP anchor).
 
-This package module only holds the checkpoint format shared by the heads; submodules are not
-imported here so that ``import echo.heads.pit`` does not pull in every head.
+This package module only holds the checkpoint format shared by the heads (:class:`Checkpointed`,
+the one save/load of every head, and :func:`read_torch`, the one reader of Echo's weight files);
+submodules are not imported here so that ``import echo.heads.pit`` does not pull in every head.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ import torch
 from echo.errors import CacheMismatchError, ConfigError, EchoError
 from echo.io import atomic_path
 
-__all__ = ["CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "read_torch", "config_from_dict"]
+__all__ = ["CHECKPOINT_VERSION", "Checkpointed", "save_checkpoint", "load_checkpoint", "write_torch", "read_torch",
+           "config_from_dict"]
 
 CHECKPOINT_VERSION = 1
 
@@ -58,8 +60,16 @@ def save_checkpoint(path: str | os.PathLike, kind: str, config: Any, state_dict:
         "extra": extra or {},
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
     }
-    # Serialise to memory: torch.save into a named file embeds that (random temporary) name in the
-    # zip archive, and identical weights must give identical bytes.
+    write_torch(path, payload)
+
+
+def write_torch(path: str | os.PathLike, payload: Any) -> None:
+    """``torch.save(payload)`` to ``path`` atomically, the same bytes for the same payload.
+
+    The one writer of Echo's weight files (:func:`read_torch` reads them back). Serialised to
+    memory first: torch.save into a named file embeds that (random temporary) name in the zip
+    archive, and identical weights must give identical bytes (DVC sees an unchanged output).
+    """
     buf = io.BytesIO()
     torch.save(payload, buf)
     with atomic_path(path) as tmp:
@@ -123,6 +133,48 @@ def read_torch(path: str | os.PathLike, what: str, map_location: Any = "cpu") ->
         else:
             reason = type(e).__name__
         raise CacheMismatchError(f"{path}: not a readable {what} ({reason})") from None
+
+
+class Checkpointed:
+    """Save/load for a head (an ``nn.Module`` with a frozen config dataclass in ``self.config``).
+
+    A head sets ``kind`` (the checkpoint's name, checked on load) and ``config_class``; one that
+    needs more than its config to be rebuilt (the phone inventory, sizes) overrides
+    :meth:`checkpoint_config`, :meth:`checkpoint_extra` and :meth:`from_checkpoint` together.
+    ``load(save(x))`` gives the same state and outputs (tests/heads/test_serialization.py).
+    """
+
+    kind: str
+    config_class: type
+
+    def checkpoint_config(self) -> Any:
+        """What is stored as the checkpoint's ``config`` (a dataclass or a dict of plain values)."""
+        return self.config
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """Other plain values the head needs to be rebuilt."""
+        return {}
+
+    @classmethod
+    def from_checkpoint(cls, config: Any, extra: dict[str, Any]) -> Any:
+        """A new, untrained head from a checkpoint's ``config`` and ``extra``."""
+        return cls(config_from_dict(cls.config_class, config, cls.kind))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write config, extra values and weights (see :func:`save_checkpoint`)."""
+        save_checkpoint(path, self.kind, self.checkpoint_config(), self.state_dict(), self.checkpoint_extra())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Any:
+        """Rebuild a head written by :meth:`save` (on CPU, in eval mode).
+
+        Raises:
+            EchoError / CacheMismatchError: see :func:`load_checkpoint`.
+        """
+        ck = load_checkpoint(path, cls.kind)
+        head = cls.from_checkpoint(ck["config"], ck["extra"])
+        head.load_state_dict(ck["state_dict"])
+        return head.eval()
 
 
 def config_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:

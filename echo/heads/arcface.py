@@ -15,7 +15,6 @@ Hand-written: torch has no angular-margin loss; the formulation follows insightf
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from echo.errors import ConfigError, EchoError
-from echo.heads import config_from_dict, load_checkpoint, save_checkpoint
+from echo.heads import Checkpointed, config_from_dict
 
 __all__ = ["ArcFaceConfig", "ArcFaceOutput", "ArcFaceLoss", "arcface_logits"]
 
@@ -93,7 +92,7 @@ def arcface_logits(cosine: torch.Tensor, labels: torch.Tensor, scale: float, mar
     return scale * torch.where(target, phi, cosine)
 
 
-class ArcFaceLoss(nn.Module):
+class ArcFaceLoss(Checkpointed, nn.Module):
     """Class centres plus the ArcFace cross-entropy.
 
     Args:
@@ -101,6 +100,9 @@ class ArcFaceLoss(nn.Module):
         num_classes: number of training speakers (>= 2).
         config: :class:`ArcFaceConfig`.
     """
+
+    kind = "arcface"
+    config_class = ArcFaceConfig
 
     def __init__(self, emb_dim: int, num_classes: int, config: ArcFaceConfig = ArcFaceConfig()) -> None:
         super().__init__()
@@ -133,16 +135,9 @@ class ArcFaceLoss(nn.Module):
         logits = arcface_logits(cos, labels, cfg.scale, cfg.margin_at(step), cfg.easy_margin)
         return ArcFaceOutput(F.cross_entropy(logits, labels), logits, cos)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write config, sizes and class centres (see :func:`echo.heads.save_checkpoint`)."""
-        save_checkpoint(path, "arcface", self.config, self.state_dict(),
-                        {"emb_dim": self.emb_dim, "num_classes": self.num_classes})
+    def checkpoint_extra(self) -> dict:
+        return {"emb_dim": self.emb_dim, "num_classes": self.num_classes}
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ArcFaceLoss":
-        """Rebuild an :class:`ArcFaceLoss` written by :meth:`save` (on CPU)."""
-        ck = load_checkpoint(path, "arcface")
-        head = cls(ck["extra"]["emb_dim"], ck["extra"]["num_classes"],
-                   config_from_dict(ArcFaceConfig, ck["config"], "arcface"))
-        head.load_state_dict(ck["state_dict"])
-        return head
+    def from_checkpoint(cls, config: dict, extra: dict) -> "ArcFaceLoss":
+        return cls(extra["emb_dim"], extra["num_classes"], config_from_dict(ArcFaceConfig, config, "arcface"))

@@ -21,7 +21,7 @@ from torch import nn
 
 from echo.corpus.manifest import SILENCE
 from echo.errors import ConfigError, EchoError
-from echo.heads import config_from_dict, load_checkpoint, save_checkpoint
+from echo.heads import Checkpointed, config_from_dict
 from echo.heads.vq import VectorQuantizer, VQConfig, VQOutput
 from echo.io import write_text
 
@@ -153,7 +153,7 @@ def pad_targets(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch
     return out, lengths
 
 
-class CTCHead(nn.Module):
+class CTCHead(Checkpointed, nn.Module):
     """Small CTC classifier over latent frames, optionally behind a VQ bottleneck.
 
     Args:
@@ -161,6 +161,9 @@ class CTCHead(nn.Module):
         inventory: the phone vocabulary (stored in the checkpoint).
         vq: a :class:`VQConfig` to quantise the latents first (its ``d_model`` must match).
     """
+
+    kind = "ctc"
+    config_class = CTCConfig
 
     def __init__(self, config: CTCConfig, inventory: PhoneInventory, vq: VQConfig | None = None) -> None:
         super().__init__()
@@ -221,20 +224,16 @@ class CTCHead(nn.Module):
         out = self.forward(latents, mask)
         return ctc_greedy_decode(out.log_probs, out.lengths, self.config.frame_shift)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write configs, phone inventory and weights (VQ state included)."""
-        cfg = {"ctc": asdict(self.config), "vq": asdict(self.vq_config) if self.vq_config else None}
-        save_checkpoint(path, "ctc", cfg, self.state_dict(), {"phones": list(self.inventory.phones)})
+    def checkpoint_config(self) -> dict:
+        return {"ctc": asdict(self.config), "vq": asdict(self.vq_config) if self.vq_config else None}
+
+    def checkpoint_extra(self) -> dict:
+        return {"phones": list(self.inventory.phones)}
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "CTCHead":
-        """Rebuild a :class:`CTCHead` written by :meth:`save` (on CPU, in eval mode)."""
-        ck = load_checkpoint(path, "ctc")
-        vq = config_from_dict(VQConfig, ck["config"]["vq"], "vq") if ck["config"]["vq"] else None
-        head = cls(config_from_dict(CTCConfig, ck["config"]["ctc"], "ctc"),
-                   PhoneInventory(tuple(ck["extra"]["phones"])), vq)
-        head.load_state_dict(ck["state_dict"])
-        return head.eval()
+    def from_checkpoint(cls, config: dict, extra: dict) -> "CTCHead":
+        vq = config_from_dict(VQConfig, config["vq"], "vq") if config["vq"] else None
+        return cls(config_from_dict(CTCConfig, config["ctc"], "ctc"), PhoneInventory(tuple(extra["phones"])), vq)
 
 
 def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor | None = None,

@@ -20,7 +20,6 @@ Architecture (light, ~1-2 M parameters at the defaults):
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 
 from echo.errors import ConfigError, EchoError
-from echo.heads import config_from_dict, load_checkpoint, save_checkpoint
+from echo.heads import Checkpointed
 
 __all__ = ["RouterConfig", "RouterOutput", "SourceRouter", "active_slots"]
 
@@ -102,8 +101,11 @@ class _AxialBlock(nn.Module):
         return h + self.ff(self.ff_norm(h))
 
 
-class SourceRouter(nn.Module):
+class SourceRouter(Checkpointed, nn.Module):
     """Mixture latents ``(B, T, D)`` -> ``k_max`` slot sequences and existence logits."""
+
+    kind = "router"
+    config_class = RouterConfig
 
     def __init__(self, config: RouterConfig = RouterConfig()) -> None:
         super().__init__()
@@ -149,15 +151,3 @@ class SourceRouter(nn.Module):
             slots = slots + latents.unsqueeze(1)
         pooled = (h * valid).sum(dim=2) / valid.sum(dim=2)  # (B, K, W)
         return RouterOutput(slots * valid, self.exist(pooled).squeeze(-1).view(b, k))
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write config and weights."""
-        save_checkpoint(path, "router", self.config, self.state_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "SourceRouter":
-        """Rebuild a :class:`SourceRouter` written by :meth:`save` (on CPU, in eval mode)."""
-        ck = load_checkpoint(path, "router")
-        router = cls(config_from_dict(RouterConfig, ck["config"], "router"))
-        router.load_state_dict(ck["state_dict"])
-        return router.eval()

@@ -20,7 +20,6 @@ pyannote.audio is not a separate package and pyannote.audio itself is far too he
 from __future__ import annotations
 
 import itertools
-import os
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -30,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from echo.errors import ConfigError
-from echo.heads import config_from_dict, load_checkpoint, save_checkpoint
+from echo.heads import Checkpointed
 
 __all__ = ["SegmentationConfig", "Powerset", "SegmentationHead", "powerset_pit_loss", "best_permutation"]
 
@@ -117,8 +116,11 @@ class Powerset:
         return table.to(y.device)[bits]
 
 
-class SegmentationHead(nn.Module):
+class SegmentationHead(Checkpointed, nn.Module):
     """Encoder latents ``(B, T, D)`` (+ optional valid mask) -> powerset logits ``(B, T, C)``."""
+
+    kind = "segmentation"
+    config_class = SegmentationConfig
 
     def __init__(self, config: SegmentationConfig = SegmentationConfig()):
         super().__init__()
@@ -137,18 +139,6 @@ class SegmentationHead(nn.Module):
             h = h * mask.unsqueeze(-1).to(h.dtype)
         h, _ = self.lstm(h)
         return self.out(h)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write config and weights."""
-        save_checkpoint(path, "segmentation", self.config, self.state_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "SegmentationHead":
-        """Rebuild a :class:`SegmentationHead` written by :meth:`save` (on CPU, in eval mode)."""
-        ck = load_checkpoint(path, "segmentation")
-        head = cls(config_from_dict(SegmentationConfig, ck["config"], "segmentation"))
-        head.load_state_dict(ck["state_dict"])
-        return head.eval()
 
 
 def best_permutation(activity: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -5,15 +5,15 @@ embedding is trained with :class:`echo.heads.arcface.ArcFaceLoss` and clustered 
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from echo.errors import ConfigError
-from echo.heads import config_from_dict, load_checkpoint, save_checkpoint
+from echo.heads import Checkpointed
 from echo.heads.pooling import VARIANTS, AttentiveStatsPooling, PoolingConfig
 
 __all__ = ["SpeakerConfig", "SpeakerHead"]
@@ -48,8 +48,11 @@ class SpeakerConfig:
             raise ConfigError(f"speaker.attention_dim: expected >= 1, got {self.attention_dim}")
 
 
-class SpeakerHead(nn.Module):
+class SpeakerHead(Checkpointed, nn.Module):
     """``(B, T, d_model)`` latents + mask -> ``(B, emb_dim)`` unit-norm speaker embeddings."""
+
+    kind = "speaker"
+    config_class = SpeakerConfig
 
     def __init__(self, config: SpeakerConfig = SpeakerConfig()) -> None:
         super().__init__()
@@ -74,14 +77,35 @@ class SpeakerHead(nn.Module):
         pooled = self.pool_norm(self.pool(latents, mask))
         return F.normalize(self.emb_norm(self.proj(pooled)), dim=-1)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write config and weights (see :func:`echo.heads.save_checkpoint`)."""
-        save_checkpoint(path, "speaker", self.config, self.state_dict())
+    @torch.no_grad()
+    def embed_windows(self, latents: np.ndarray, starts, length: int, masks: np.ndarray | None = None,
+                      batch_size: int = 64) -> np.ndarray:
+        """Embeddings of windows of one recording's latents, in padded batches (the one place the
+        diarizer, its back end and ``echo embed`` cut windows out of a latent sequence).
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "SpeakerHead":
-        """Rebuild a :class:`SpeakerHead` written by :meth:`save` (on CPU, in eval mode)."""
-        ck = load_checkpoint(path, "speaker")
-        head = cls(config_from_dict(SpeakerConfig, ck["config"], "speaker"))
-        head.load_state_dict(ck["state_dict"])
-        return head.eval()
+        Args:
+            latents: ``(N, d_model)`` latents of the recording.
+            starts: ``(M,)`` first token of each window; a window is ``latents[s : s + length]``
+                (shorter at the end of the recording), zero-padded to ``length``.
+            length: window length in tokens (the padded width of every batch).
+            masks: ``(M, length)`` bool, the tokens each window is pooled over (within the
+                recording); None = all its tokens.
+            batch_size: windows per forward pass.
+
+        Returns:
+            ``(M, emb_dim)`` float32 unit embeddings.
+        """
+        lat = np.asarray(latents, dtype=np.float32)
+        starts = np.asarray(starts, dtype=np.int64)
+        dev = next(self.parameters()).device
+        out = []
+        for b0 in range(0, len(starts), batch_size):
+            part = starts[b0:b0 + batch_size]
+            x = np.zeros((len(part), length, lat.shape[1]), np.float32)
+            m = np.zeros((len(part), length), bool)
+            for r, a in enumerate(part):
+                seg = lat[a:a + length]
+                x[r, :len(seg)] = seg
+                m[r, :len(seg)] = True if masks is None else masks[b0 + r, :len(seg)]
+            out.append(self(torch.from_numpy(x).to(dev), torch.from_numpy(m).to(dev)).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.config.emb_dim), np.float32)

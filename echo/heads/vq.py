@@ -16,7 +16,6 @@ not a dependency of this project and do not take a padding mask.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from echo.errors import ConfigError, EchoError
-from echo.heads import config_from_dict, load_checkpoint, save_checkpoint
+from echo.heads import Checkpointed
 
 __all__ = ["VQConfig", "VQOutput", "VectorQuantizer", "codebook_perplexity"]
 
@@ -104,8 +103,11 @@ def codebook_perplexity(counts: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(p * p.log()).sum())
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(Checkpointed, nn.Module):
     """Masked VQ bottleneck over ``(B, T, d_model)`` latents (see module docstring)."""
+
+    kind = "vq"
+    config_class = VQConfig
 
     def __init__(self, config: VQConfig = VQConfig()) -> None:
         super().__init__()
@@ -214,15 +216,3 @@ class VectorQuantizer(nn.Module):
             self.cluster_size[dead] = 1.0
         self.unused_steps[dead] = 0
         return n
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write config, codebook, EMA statistics and counters."""
-        save_checkpoint(path, "vq", self.config, self.state_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "VectorQuantizer":
-        """Rebuild a :class:`VectorQuantizer` written by :meth:`save` (on CPU, in eval mode)."""
-        ck = load_checkpoint(path, "vq")
-        vq = cls(config_from_dict(VQConfig, ck["config"], "vq"))
-        vq.load_state_dict(ck["state_dict"])
-        return vq.eval()

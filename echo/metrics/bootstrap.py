@@ -5,6 +5,13 @@ that is a ratio of sums, such as DER = sum(error seconds) / sum(reference second
 ``(numerators, denominators)``: each replicate recomputes the ratio of the resampled sums, so
 long recordings weigh as they do in the point estimate. Percentile intervals (Efron) are used:
 simple, and adequate for the hundreds of items per condition we report.
+
+Hand-written rather than ``scipy.stats.bootstrap(paired=True, method="percentile")``, which draws
+the same resamples from the same generator and gives the same interval on ordinary inputs
+(tests/metrics/test_bootstrap.py checks it), but differs where the tables need otherwise: it
+refuses a condition of one item (a K group with one recording), and one replicate whose resampled
+denominators sum to 0 (only recordings without reference speech drawn) makes its whole interval
+NaN, where this one leaves such replicates out.
 """
 from __future__ import annotations
 

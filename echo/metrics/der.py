@@ -13,8 +13,8 @@ Definitions (docs/anchors.md):
   speaker (1 if unmapped); the overall value averages over all reference speakers of all
   recordings (pyannote's accumulation).
 
-Also the project's RTTM / UEM reader and writer (pyannote.database is not a dependency);
-:mod:`echo.simulate.rttm` re-exports the readers for the simulated references.
+Also the project's RTTM / UEM reader (pyannote.database is not a dependency) and writers (RTTM
+lines by pyannote.core); :mod:`echo.simulate.rttm` re-exports the readers for the simulated references.
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from typing import Mapping
 
 from pyannote.core import Annotation, Segment, Timeline
 from pyannote.metrics.diarization import DiarizationErrorRate, JaccardErrorRate
-from tqdm import tqdm
 
 from echo.errors import ConfigError, EchoError
 from echo.io import write_text
@@ -108,7 +107,7 @@ def score_diarization(
         raise EchoError(f"hypothesis uri {extra[0]!r} has no reference annotation")
     uems = uems or {}
     per_recording = []
-    for uri in tqdm(sorted(refs), desc="DER", unit="rec", disable=None, leave=False):
+    for uri in sorted(refs):
         ref = refs[uri]
         hyp = hyps.get(uri)
         if hyp is None:
@@ -182,18 +181,20 @@ def read_rttm(path: str | os.PathLike) -> dict[str, Annotation]:
 
 
 def format_rttm(annotations: Mapping[str, Annotation] | Annotation) -> str:
-    """RTTM text, sorted by uri then time (stable bytes for the same input)."""
+    """RTTM text through ``pyannote.core.Annotation.to_rttm``, recordings sorted by uri (each one's
+    lines in pyannote's track order: by time, then track), so the same input gives the same bytes.
+
+    Raises:
+        EchoError: a uri or label is empty or holds whitespace (the fields are whitespace-separated).
+    """
     if isinstance(annotations, Annotation):
         annotations = {annotations.uri: annotations}
-    lines = []
     for uri in sorted(annotations):
-        rows = sorted((s.start, s.end, str(label)) for s, _, label in annotations[uri].itertracks(yield_label=True))
-        bad = [x for x in [uri] + [r[2] for r in rows] if not x or any(c.isspace() for c in x)]
+        names = [uri] + [str(label) for label in annotations[uri].labels()]
+        bad = [x for x in names if not x or any(c.isspace() for c in x)]
         if bad:
             raise EchoError(f"RTTM: uri/speaker label {bad[0]!r} is empty or contains whitespace")
-        for start, end, label in rows:
-            lines.append(f"SPEAKER {uri} 1 {start:.3f} {end - start:.3f} <NA> <NA> {label} <NA> <NA>")
-    return "".join(line + "\n" for line in lines)
+    return "".join(annotations[uri].to_rttm() for uri in sorted(annotations))
 
 
 def write_rttm(path: str | os.PathLike, annotations: Mapping[str, Annotation] | Annotation) -> None:

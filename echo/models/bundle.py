@@ -18,8 +18,6 @@ byte-identical), which is what DVC needs to see an unchanged output as unchanged
 """
 from __future__ import annotations
 
-import dataclasses
-import io
 import logging
 import os
 from pathlib import Path
@@ -35,11 +33,11 @@ from echo.heads.ctc import CTCHead, PhoneInventory, ctc_greedy_decode
 from echo.heads.router import SourceRouter
 from echo.heads.segmentation import SegmentationHead
 from echo.heads.speaker import SpeakerHead
-from echo.io import atomic_dir, atomic_path, read_json, write_json
-from echo.models.vit import ENCODER_FORMAT, ENCODER_FORMAT_VERSION, Encoder, EncoderOutput
+from echo.io import atomic_dir, read_json, write_json
+from echo.models.vit import Encoder, EncoderOutput
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "STAGES", "EchoModel", "Transcript", "Routing",
-           "save_encoder_bytes"]
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "STAGES", "HEADS", "BUNDLE_FILE", "ENCODER_FILE", "component_file",
+           "EchoModel", "Transcript", "Routing"]
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +45,18 @@ BUNDLE_FORMAT = "echo.bundle"
 # Bump when the layout or the meaning of a component changes: old bundles then fail loudly.
 BUNDLE_VERSION = 1
 STAGES = ("pretrain", "speaker", "phonetic", "routing", "segmentation")
-HEADS = ("speaker", "arcface", "ctc", "vq_ctc", "router", "segmentation")
-_LOADERS = {"speaker": SpeakerHead.load, "arcface": ArcFaceLoss.load, "ctc": CTCHead.load,
-            "vq_ctc": CTCHead.load, "router": SourceRouter.load, "segmentation": SegmentationHead.load}
+# the bundle's heads, each in its own checkpoint file (its class saves and loads itself)
+HEADS = {"speaker": SpeakerHead, "arcface": ArcFaceLoss, "ctc": CTCHead, "vq_ctc": CTCHead,
+         "router": SourceRouter, "segmentation": SegmentationHead}
+# the bundle directory's file names (the one place they are spelled)
+BUNDLE_FILE = "bundle.json"
+ENCODER_FILE = "encoder.pt"
+
+
+def component_file(name: str) -> str:
+    """The file of a bundle component (``"encoder"`` or one of :data:`HEADS`)."""
+    return ENCODER_FILE if name == "encoder" else f"{name}.pt"
+
 
 
 class Transcript(NamedTuple):
@@ -69,25 +76,6 @@ class Routing(NamedTuple):
     exist_prob: torch.Tensor
     active: torch.Tensor
     count: torch.Tensor
-
-
-def save_encoder_bytes(encoder: Encoder, path: str | os.PathLike) -> None:
-    """Write ``encoder`` in :meth:`Encoder.save`'s format, deterministically.
-
-    ``Encoder.save`` hands ``torch.save`` a randomly named temporary file, and torch embeds the
-    file name in the zip archive; serialising to memory first gives the same bytes for the same
-    weights. The payload is the one :meth:`Encoder.load` checks.
-    """
-    payload = {
-        "format": ENCODER_FORMAT,
-        "version": ENCODER_FORMAT_VERSION,
-        "config": dataclasses.asdict(encoder.cfg),
-        "state_dict": {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()},
-    }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
 
 
 class EchoModel(nn.Module):
@@ -189,12 +177,12 @@ class EchoModel(nn.Module):
         path = Path(path)
         inventory = self.inventory
         with atomic_dir(path) as tmp:
-            save_encoder_bytes(self.encoder, tmp / "encoder.pt")
+            self.encoder.save(tmp / ENCODER_FILE)
             for name in HEADS:
                 mod = getattr(self, name)
                 if mod is not None:
-                    mod.save(tmp / f"{name}.pt")
-            write_json(tmp / "bundle.json", {
+                    mod.save(tmp / component_file(name))
+            write_json(tmp / BUNDLE_FILE, {
                 "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "stage": self.stage,
                 "frontend": self.frontend.to_dict(), "components": self.components,
                 "phones": list(inventory.phones) if inventory is not None else None,
@@ -211,9 +199,9 @@ class EchoModel(nn.Module):
             CacheMismatchError: not a bundle, or a bundle of another format version.
         """
         path = Path(path)
-        meta_path = path / "bundle.json"
+        meta_path = path / BUNDLE_FILE
         if not meta_path.is_file():
-            raise EchoError(f"{path}: not an Echo model bundle (no bundle.json)")
+            raise EchoError(f"{path}: not an Echo model bundle (no {BUNDLE_FILE})")
         try:
             info = read_json(meta_path)
         except ValueError:
@@ -231,8 +219,8 @@ class EchoModel(nn.Module):
         unknown = [c for c in comps if c != "encoder" and c not in HEADS]
         if unknown:
             raise CacheMismatchError(f"{meta_path}: unknown component {unknown[0]!r}; written by another version")
-        heads = {name: _LOADERS[name](path / f"{name}.pt") for name in HEADS if name in comps}
-        model = cls(Encoder.load(path / "encoder.pt"), frontend, info["stage"], meta=info.get("meta") or {}, **heads)
+        heads = {name: head.load(path / component_file(name)) for name, head in HEADS.items() if name in comps}
+        model = cls(Encoder.load(path / ENCODER_FILE), frontend, info["stage"], meta=info.get("meta") or {}, **heads)
         if info.get("phones") is not None and model.inventory is not None \
                 and list(model.inventory.phones) != list(info["phones"]):
             raise CacheMismatchError(f"{meta_path}: phone inventory differs from the CTC heads'")

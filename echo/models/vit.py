@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from echo.errors import CacheMismatchError, ConfigError, EchoError
-from echo.heads import read_torch
-from echo.io import atomic_path
+from echo.heads import read_torch, write_torch
 
 __all__ = ["EncoderConfig", "Encoder", "EncoderOutput", "Block", "RotaryTable", "rope_angles", "gather_tokens",
            "ENCODER_FORMAT", "ENCODER_FORMAT_VERSION"]
@@ -350,15 +349,14 @@ class Encoder(nn.Module):
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write config, format version and weights (normalisation included) atomically."""
-        payload = {
+        """Write config, format version and weights (normalisation included) atomically; the same
+        weights give the same bytes (:func:`echo.heads.write_torch`)."""
+        write_torch(path, {
             "format": ENCODER_FORMAT,
             "version": ENCODER_FORMAT_VERSION,
             "config": dataclasses.asdict(self.cfg),
-            "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
-        }
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+            "state_dict": {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()},
+        })
         return Path(path)
 
     @classmethod

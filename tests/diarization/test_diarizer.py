@@ -7,11 +7,12 @@ from pyannote.core import Segment
 
 
 from echo.diarization.ahc import AHCConfig
-from echo.diarization.diarizer import (BlockReader, Diarizer, DiarizerConfig, activity_annotation, chunk_log_mel,
-                                       constrained_assignment, iter_latents, reference_activity)
+from echo.diarization.diarizer import (BlockReader, Diarizer, DiarizerConfig, activity_annotation,
+                                       constrained_assignment, reference_activity)
 from echo.errors import ConfigError, EchoError
 from echo.evaluate.diarize import score_conversations
 from echo.features import FrontEnd
+from echo.inference import chunk_log_mel, iter_latents
 
 from tests.diarization.helpers import TOKEN_S, conversation, fit_plda, latents, parts, speaker_vectors
 

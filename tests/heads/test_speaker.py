@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -43,3 +44,17 @@ def test_config_validation():
         SpeakerConfig(emb_dim=0)
     with pytest.raises(ConfigError):
         SpeakerConfig(pooling="mean")
+
+
+def test_embed_windows_equals_embedding_each_window_alone():
+    torch.manual_seed(0)
+    head = SpeakerHead(SpeakerConfig(d_model=8, emb_dim=4, attention_dim=4)).eval()
+    lat = torch.randn(20, 8).numpy()
+    starts, length = np.array([0, 5, 16]), 6  # the last window is cut at the end (4 tokens)
+    masks = np.ones((3, length), bool)
+    masks[1, :2] = False  # pooled over tokens 7..10 only
+    got = head.embed_windows(lat, starts, length, masks, batch_size=2)
+    with torch.no_grad():
+        want = [head(torch.from_numpy(lat[a:b])[None])[0].numpy() for a, b in ((0, 6), (7, 11), (16, 20))]
+    np.testing.assert_allclose(got, np.stack(want), atol=1e-6)
+    assert head.embed_windows(lat, [], length).shape == (0, 4)

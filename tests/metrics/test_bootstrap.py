@@ -39,3 +39,16 @@ def test_mean_std_across_seeds():
     m, s = mean_std([4.0])
     assert m == 4.0 and np.isnan(s)
     assert format_mean_std([0.1, 0.2, 0.3], scale=100) == "20.00 ± 10.00 (n=3)"
+
+
+@pytest.mark.parametrize("n", [7, 300, 2501])  # 2501: the resamples are drawn in several blocks
+def test_ratio_of_sums_interval_equals_scipys_percentile_bootstrap(n):
+    from scipy import stats
+
+    rng = np.random.default_rng(n)
+    num, den = rng.uniform(0, 5, n), rng.uniform(5, 50, n)
+    ours = bootstrap_ci((num, den), n_boot=1000, seed=3)
+    theirs = stats.bootstrap((num, den), lambda a, b, axis=-1: a.sum(axis) / b.sum(axis), paired=True,
+                             vectorized=True, n_resamples=1000, batch=max(1, 2_000_000 // n), method="percentile",
+                             confidence_level=0.95, rng=np.random.default_rng(3)).confidence_interval
+    assert (ours.low, ours.high) == (theirs.low, theirs.high)

@@ -210,8 +210,9 @@ class JEPATrainer:
         return self.out_dir / "curves.parquet"
 
     def fingerprint(self) -> dict:
-        return {"pretrain": trajectory(self.cfg), "encoder": dataclasses.asdict(self.enc_cfg), "world_size": self.ctx.world_size,
-                "data": self.data.fingerprint(), "amp": str(self.amp_dtype), "device": self.ctx.device.type}
+        return {"pretrain": trajectory(self.cfg), "encoder": dataclasses.asdict(self.enc_cfg),
+                "world_size": self.ctx.world_size, "data": self.data.fingerprint(), "amp": str(self.amp_dtype),
+                "device": self.ctx.device.type}
 
     # -- one iteration -------------------------------------------------------------------------
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -32,21 +32,21 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
-from echo.errors import CacheMismatchError, ConfigError, EchoError
+from echo.errors import CacheMismatchError, ConfigError
 from echo.features import FrontEnd
 from echo.heads.ctc import ctc_greedy_decode
 from echo.heads.guard import ParameterAnchor, frozen_copy, latent_distillation_loss, set_trainable
 from echo.heads.vq import codebook_perplexity
-from echo.io import write_json, write_parquet
+from echo.io import write_json
 from echo.models.bundle import EchoModel
 from echo.models.vit import Encoder
 from echo.stages.batches import CropBatch, CropSampler, LabelledFrames, dev_batches
-from echo.train.checkpoint import load_train_state, save_train_state
 from echo.train.schedules import WarmupCosine
+from echo.train.trainer import (amp_dtype, autocast, check_finite, optimizer_step, param_groups, restore_state,
+                                rows_until, save_state, seed_dropout, trajectory, write_rows)
 
 __all__ = ["StageGuardConfig", "StageConfig", "StageTrainer", "MetricsLogger", "load_start",
            "speaker_dev_metrics", "phonetic_dev_metrics", "knn_accuracy_loo", "GUARD_KINDS"]
@@ -233,7 +233,7 @@ def knn_accuracy_loo(embeddings: np.ndarray, labels: np.ndarray) -> float:
 @torch.no_grad()
 def _dev_latents(encoder: Encoder, batches: list[CropBatch], device: torch.device, amp):
     for b in batches:
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with autocast(device, amp):
             out = encoder(b.mels.to(device), b.lengths.to(device))
         yield b, out.features.float(), out.mask
 
@@ -288,18 +288,6 @@ def phonetic_dev_metrics(encoder: Encoder, ctc: nn.Module | None, vq_ctc: nn.Mod
 
 
 # -- the training loop -------------------------------------------------------------------------
-def _resolve_amp(precision: str, device: torch.device):
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if device.type != "cuda":
-        raise ConfigError(f"stages.precision: bf16 needs a CUDA device, got {device.type}")
-    return torch.bfloat16
-
-
-def _step_seed(seed: int, step: int) -> int:
-    return int(np.random.SeedSequence([int(seed), int(step), 0x64726F70]).generate_state(1)[0])
-
-
 class StageTrainer:
     """Base of the stage trainers (see the module docstring for the loop and the files).
 
@@ -317,7 +305,7 @@ class StageTrainer:
         self.out_dir = Path(out_dir)
         self.log_metrics = log_metrics
         self.device = torch.device(device)
-        self.amp = _resolve_amp(cfg.precision, self.device)
+        self.amp = amp_dtype(cfg.precision, self.device, f"{cfg.SECTION}.precision")
         self.step = 0
         self.curves: list[dict] = []
         self.dev_curves: list[dict] = []
@@ -395,16 +383,9 @@ class StageTrainer:
         self.models.to(self.device)
         self.teacher.to(self.device)
         self._data_fingerprint = data_fingerprint
-        groups = []
-        for params, base in (([p for p in enc.parameters() if p.requires_grad], cfg.encoder_lr),
-                             ([p for n in sorted(self.trainable_heads) for p in self.models[n].parameters()
-                               if p.requires_grad], cfg.lr)):
-            decay = [p for p in params if p.ndim >= 2]
-            flat = [p for p in params if p.ndim < 2]
-            if decay:
-                groups.append({"params": decay, "weight_decay": cfg.weight_decay, "base_lr": base})
-            if flat:
-                groups.append({"params": flat, "weight_decay": 0.0, "base_lr": base})
+        heads = [(f"{n}.{k}", p) for n in sorted(self.trainable_heads) for k, p in self.models[n].named_parameters()]
+        groups = (param_groups(enc.named_parameters(), cfg.weight_decay, base_lr=cfg.encoder_lr)
+                  + param_groups(heads, cfg.weight_decay, base_lr=cfg.lr))
         if not groups:
             raise ConfigError(f"{cfg.SECTION}: nothing to train (trainable={cfg.trainable!r} and no trainable head)")
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
@@ -413,8 +394,7 @@ class StageTrainer:
             self._resume()
 
     def fingerprint(self) -> dict:
-        traj = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in self.cfg.NON_TRAJECTORY}
-        return {"stage": self.name, "config": traj, "encoder": dataclasses.asdict(self.encoder.cfg),
+        return {"stage": self.name, "config": trajectory(self.cfg), "encoder": dataclasses.asdict(self.encoder.cfg),
                 "input_sha256": self.input_sha256, "data": self._data_fingerprint,
                 "device": self.device.type, "amp": str(self.amp)}
 
@@ -492,17 +472,15 @@ class StageTrainer:
         mult = self.schedule.value_at(step + 1)
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * mult
-        torch.manual_seed(_step_seed(cfg.seed, step))  # dropout masks are a function of (seed, step)
+        seed_dropout(cfg.seed, step)
         self._set_modes()
-        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+        with autocast(self.device, self.amp):
             loss, parts = self.compute_loss(step)
         loss.backward()
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(self.optimizer, (p for g in self.optimizer.param_groups for p in g["params"]),
+                                   cfg.grad_clip)
         self.step += 1
-        return {"loss": loss.detach(), **parts, "grad_norm": grad_norm.detach(),
+        return {"loss": loss.detach(), **parts, "grad_norm": grad_norm,
                 "lr": torch.tensor(cfg.lr * mult), "encoder_lr": torch.tensor(cfg.encoder_lr * mult)}
 
     def run(self) -> Path:
@@ -525,9 +503,7 @@ class StageTrainer:
             self.step_times.append(dt)
             bar.update(1)
             s = self.step
-            if not math.isfinite(loss):
-                self._write_tables()
-                raise EchoError(f"{cfg.SECTION}: loss is {loss} at step {s}; lower {cfg.SECTION}.lr / encoder_lr")
+            check_finite(loss, s, cfg.SECTION, f"lower {cfg.SECTION}.lr / encoder_lr", self._write_tables)
             if s % cfg.log_every == 0 or s == 1 or s == cfg.steps:
                 rec = {"step": s, **{k: float(v) for k, v in parts.items()}, "step_s": dt}
                 self.curves.append(rec)
@@ -569,10 +545,8 @@ class StageTrainer:
 
     # -- persistence ---------------------------------------------------------------------------
     def _write_tables(self) -> None:
-        if self.curves:
-            write_parquet(pd.DataFrame(self.curves), self.out_dir / "curves.parquet")
-        if self.dev_curves:
-            write_parquet(pd.DataFrame(self.dev_curves), self.out_dir / "dev.parquet")
+        write_rows(self.curves, self.out_dir / "curves.parquet")
+        write_rows(self.dev_curves, self.out_dir / "dev.parquet")
 
     def _write_summary(self, path: Path) -> None:
         times = self.step_times[2:] or self.step_times
@@ -589,20 +563,15 @@ class StageTrainer:
         })
 
     def save_checkpoint(self) -> None:
-        state = {"step": self.step, "models": {k: m.state_dict() for k, m in self.models.items()},
-                 "optimizer": self.optimizer.state_dict(), "curves": self.curves, "dev_curves": self.dev_curves,
-                 "best": self.best or {}, "step_times": self.step_times}
-        save_train_state(self.checkpoint_path, state, self.fingerprint())
+        save_state(self.checkpoint_path, self.fingerprint(), self.step, self.models, self.optimizer,
+                   curves=self.curves, dev_curves=self.dev_curves, best=self.best or {}, step_times=self.step_times)
         self._write_tables()
 
     def _resume(self) -> None:
-        state = load_train_state(self.checkpoint_path, self.fingerprint(), map_location=self.device)
-        for k, m in self.models.items():
-            m.load_state_dict(state["models"][k])
-        self.optimizer.load_state_dict(state["optimizer"])
+        state = restore_state(self.checkpoint_path, self.fingerprint(), self.models, self.optimizer, self.device)
         self.step = int(state["step"])
-        self.curves = [c for c in state["curves"] if c["step"] <= self.step]
-        self.dev_curves = [c for c in state["dev_curves"] if c["step"] <= self.step]
+        self.curves = rows_until(state["curves"], self.step)
+        self.dev_curves = rows_until(state["dev_curves"], self.step)
         self.best = state["best"] or None
         self.step_times = list(state["step_times"])
         log.info("resumed %s stage from %s at step %d", self.name, self.checkpoint_path, self.step)

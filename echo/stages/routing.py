@@ -38,6 +38,7 @@ from echo.models.vit import Encoder
 from echo.stages.batches import CropSampler, LabelledFrames, MixtureFeatures, dev_batches, mixture_indices
 from echo.stages.common import (MetricsLogger, StageConfig, StageGuardConfig, StageTrainer, _is_int, _need, _sha256_of,
                                 load_start, phonetic_dev_metrics, speaker_dev_metrics)
+from echo.train.trainer import autocast
 
 __all__ = ["RoutingStageConfig", "RoutingStage", "MixtureBatch", "train_routing_stage"]
 
@@ -205,7 +206,7 @@ class RoutingStage(StageTrainer):
         out = []
         for a in range(0, feats.source_mels.shape[0], 32):
             mels = feats.source_mels[a:a + 32].to(self.device).float()
-            with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            with autocast(self.device, self.amp):
                 out.append(target_enc(mels).features.float().to(torch.float16).cpu())
         return torch.cat(out)
 
@@ -259,7 +260,7 @@ class RoutingStage(StageTrainer):
         exist_ok, count_ok, cos, cos_mix, reg = [], [], [], [], []
         for a in range(0, n, cfg.batch_size):
             batch = self.mixture_batch(self.dev_mix, self.dev_targets, np.arange(a, min(n, a + cfg.batch_size)))
-            with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            with autocast(self.device, self.amp):
                 res, r, mask = self.routing_loss(batch)
             active = torch.sigmoid(r.exist_logits.float()) >= cfg.exist_threshold
             exist_ok.append((active == res.exist_targets.bool()).float().flatten())

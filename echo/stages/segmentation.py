@@ -12,8 +12,9 @@ Model selection: the dev conversations (dev speakers), cut into chunks every ``d
 selected step has the lowest local segmentation error (missed + false alarm + confusion over
 reference speech, best permutation per chunk: the chunk-level DER of EEND papers).
 
-Hand-written training loop: the head trains on cached latents with no encoder in the loop, which
-the encoder stages' trainer (:class:`echo.stages.common.StageTrainer`) does not do.
+Its own short loop (the head trains on cached latents with no encoder in the loop, which the encoder
+stages' :class:`echo.stages.common.StageTrainer` does not do) on the shared training core
+(:mod:`echo.train.trainer`): optimizer step with clipping, the NaN guard, the curves.
 """
 from __future__ import annotations
 
@@ -27,15 +28,15 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 
 from echo.diarization.backend import conversation_latents, conversation_split
 from echo.diarization.diarizer import DiarizerConfig
 from echo.errors import ConfigError, EchoError
 from echo.heads.segmentation import SegmentationConfig, SegmentationHead, best_permutation, powerset_pit_loss
-from echo.io import write_json, write_parquet
+from echo.io import write_json
 from echo.train.schedules import WarmupCosine
+from echo.train.trainer import check_finite, optimizer_step, write_rows
 
 __all__ = ["SegmentationStageConfig", "local_targets", "segmentation_errors", "train_segmentation_stage"]
 
@@ -264,12 +265,9 @@ def train_segmentation_stage(cfg: SegmentationStageConfig, bundle_dir: str | Pat
         x, y, m = (t.to(dev_t) for t in chunks.sample(rng, cfg.batch_size))
         loss = powerset_pit_loss(head(x, m), y, head.powerset, m)
         value = float(loss.detach())
-        if not math.isfinite(value):
-            raise EchoError(f"stages.segmentation: loss is {value} at step {step}; lower stages.segmentation.lr")
-        opt.zero_grad(set_to_none=True)
+        check_finite(value, step, "stages.segmentation", "lower stages.segmentation.lr")
         loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
-        opt.step()
+        gn = optimizer_step(opt, head.parameters(), cfg.grad_clip)
         step_times.append(time.perf_counter() - t1)
         if step % cfg.log_every == 0 or step == 1 or step == cfg.steps:
             rec = {"step": step, "loss": value, "grad_norm": float(gn), "lr": lr, "step_s": step_times[-1]}
@@ -291,8 +289,8 @@ def train_segmentation_stage(cfg: SegmentationStageConfig, bundle_dir: str | Pat
     bundle = EchoModel(model.encoder.cpu(), model.frontend, "segmentation", speaker=model.speaker, arcface=model.arcface,
                        ctc=model.ctc, vq_ctc=model.vq_ctc, router=model.router, segmentation=head.cpu(), meta=meta)
     bundle.save(out_dir / "bundle")
-    write_parquet(pd.DataFrame(curves), out_dir / "curves.parquet")
-    write_parquet(pd.DataFrame(dev_rows), out_dir / "dev.parquet")
+    write_rows(curves, out_dir / "curves.parquet")
+    write_rows(dev_rows, out_dir / "dev.parquet")
     write_json(out_dir / "summary.json", {
         "stage": "segmentation", "config": dataclasses.asdict(cfg), "steps": cfg.steps,
         "trainable": "head only (encoder frozen)", "encoder_sha256_before": sha0, "encoder_sha256_after": _encoder_sha(enc),

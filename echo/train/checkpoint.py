@@ -1,9 +1,9 @@
 """Training-state checkpoints: written atomically, read back only into the run that made them.
 
 A checkpoint holds everything a killed run needs to continue on the same trajectory: the step,
-the trained model (context encoder + predictor), the EMA target encoder, the optimizer state,
-the schedules' positions and the logged curves so far. Data order, masks and dropout are
-functions of the step, so no RNG state needs saving.
+the modules' and the optimizer's state and what the trainer adds (schedules' positions, the
+logged curves so far; see :func:`echo.train.trainer.save_state`). Data order, masks and dropout
+are functions of the step, so no RNG state needs saving.
 
 The run's *fingerprint* (the configs that shape the trajectory, the world size, the data's
 shape) is stored too; resuming under a different fingerprint is refused instead of silently
@@ -12,21 +12,19 @@ mixing two runs.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from echo.errors import CacheMismatchError, EchoError
+from echo.heads import read_torch
 from echo.io import atomic_path
 
 __all__ = ["TRAIN_STATE_FORMAT", "TRAIN_STATE_VERSION", "save_train_state", "load_train_state"]
 
-log = logging.getLogger(__name__)
-
 TRAIN_STATE_FORMAT = "echo.pretrain-state"
-TRAIN_STATE_VERSION = 1
+TRAIN_STATE_VERSION = 2  # 2: every trainer stores its modules under "modules"
 
 
 def save_train_state(path: str | Path, state: dict[str, Any], fingerprint: dict) -> Path:
@@ -48,18 +46,20 @@ def load_train_state(path: str | Path, fingerprint: dict, map_location: str | to
     """Read a checkpoint written by :func:`save_train_state` for the same run.
 
     Raises:
-        CacheMismatchError: wrong format/version, or the checkpoint belongs to a run with other
-            settings (the message names the first differing key).
+        EchoError: no file at ``path``.
+        CacheMismatchError: one line naming the file: damaged, truncated or hostile (read by
+            :func:`echo.heads.read_torch`, so no pickled code runs), wrong format/version, or the
+            checkpoint belongs to a run with other settings (the message names the first differing key).
     """
     path = Path(path)
     if not path.is_file():
         raise EchoError(f"{path}: training checkpoint not found")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CacheMismatchError(f"{path}: unreadable training checkpoint ({type(e).__name__}); delete it to restart") from None
+        payload = read_torch(path, "Echo training checkpoint", map_location)
+    except CacheMismatchError as e:
+        raise CacheMismatchError(f"{e}; delete it to restart") from None
     if not isinstance(payload, dict) or payload.get("format") != TRAIN_STATE_FORMAT:
-        raise CacheMismatchError(f"{path}: not an Echo pretraining checkpoint")
+        raise CacheMismatchError(f"{path}: not an Echo training checkpoint; delete it to restart")
     if payload.get("version") != TRAIN_STATE_VERSION:
         raise CacheMismatchError(f"{path}: checkpoint version {payload.get('version')}, this code reads "
                                  f"{TRAIN_STATE_VERSION}; delete it to restart")

@@ -20,29 +20,26 @@ import contextlib
 import copy
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
-import numpy as np
-import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from echo.errors import ConfigError, EchoError
-from echo.io import write_parquet
 from echo.models.jepa import JEPA, PredictorConfig, ema_update, jepa_loss, target_features
 from echo.models.masks import MaskCollator, MaskConfig
 from echo.models.vit import EncoderConfig, gather_tokens
 from echo.train import distributed
-from echo.train.checkpoint import load_train_state, save_train_state
 from echo.train.collapse import check_collapse, collapse_stats
 from echo.train.loader import Batch, CropLoader, FeatureArrays
 from echo.train.schedules import Cosine, Linear, WarmupCosine
+from echo.train.trainer import (amp_dtype, autocast, check_finite, optimizer_step, param_groups, restore_state,
+                                rows_until, save_state, seed_dropout, trajectory, write_rows)
 
-__all__ = ["PretrainConfig", "JEPATrainer", "pretrain", "param_groups"]
+__all__ = ["PretrainConfig", "JEPATrainer", "pretrain"]
 
 log = logging.getLogger(__name__)
 
@@ -133,25 +130,6 @@ class PretrainConfig:
         need(self.collapse_after is None or self.collapse_after >= 0, "collapse_after", "null or an integer >= 0")
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on matrices only; biases and 1-D parameters (norms) never decay."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay, "decays": True},
-            {"params": no_decay, "weight_decay": 0.0, "decays": False}]
-
-
-def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("pretrain.precision: bf16 asked for but this GPU does not support it; use fp32")
-    return torch.bfloat16
-
-
 class JEPATrainer:
     """Owns the models, optimizer, schedules, loader and checkpoints of one pretraining run.
 
@@ -181,7 +159,7 @@ class JEPATrainer:
         self.data = FeatureArrays.coerce(train_data)
         if self.data.frames.shape[1] != enc_cfg.n_mels:
             raise ConfigError(f"encoder.n_mels: expected {self.data.frames.shape[1]} (the features' mel bins), got {enc_cfg.n_mels}")
-        self.amp_dtype = _resolve_precision(cfg.precision, dev)
+        self.amp_dtype = amp_dtype(cfg.precision, dev, "pretrain.precision")
         self.num_tokens = cfg.crop_frames // enc_cfg.patch_frames
 
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
@@ -191,7 +169,7 @@ class JEPATrainer:
         self.model.to(dev).train()
         self.target.to(dev)
 
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+        self.optimizer = torch.optim.AdamW(param_groups(self.model.named_parameters(), cfg.weight_decay), lr=cfg.lr,
                                            betas=tuple(cfg.adam_betas), fused=True)
         self.lr_schedule = WarmupCosine(cfg.start_lr, cfg.lr, cfg.final_lr, cfg.warmup_steps, cfg.steps)
         self.wd_schedule = Cosine(cfg.weight_decay, cfg.final_weight_decay, cfg.steps)
@@ -232,9 +210,9 @@ class JEPATrainer:
         return self.out_dir / "curves.parquet"
 
     def fingerprint(self) -> dict:
-        traj = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in PretrainConfig.NON_TRAJECTORY}
-        return {"pretrain": traj, "encoder": dataclasses.asdict(self.enc_cfg), "world_size": self.ctx.world_size,
-                "data": self.data.fingerprint(), "amp": str(self.amp_dtype), "device": self.ctx.device.type}
+        return {"pretrain": trajectory(self.cfg), "encoder": dataclasses.asdict(self.enc_cfg),
+                "world_size": self.ctx.world_size, "data": self.data.fingerprint(), "amp": str(self.amp_dtype),
+                "device": self.ctx.device.type}
 
     # -- one iteration -------------------------------------------------------------------------
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -250,30 +228,23 @@ class JEPATrainer:
             g["lr"] = lr
             if g["decays"]:
                 g["weight_decay"] = wd
-        if self.enc_cfg.dropout > 0:  # dropout masks are a function of (seed, step, rank)
-            torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, self.step, self.ctx.rank, 0x64726F70])
-                                  .generate_state(1)[0]))
+        if self.enc_cfg.dropout > 0:  # each rank draws its own masks
+            seed_dropout(self.cfg.seed, self.step, self.ctx.rank)
         dev = self.ctx.device
         mels = batch.mels.to(dev, non_blocking=True)
         ctx_idx = batch.masks.context.to(dev, non_blocking=True)
         tgt_idx = batch.masks.target.to(dev, non_blocking=True)
 
-        with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        with autocast(dev, self.amp_dtype):
             h = self._forward_target(mels)                       # targets: EMA encoder, layer-normed
             z = self._forward_context(mels, ctx_idx, tgt_idx)    # context encoder + predictor
             loss = jepa_loss(z, gather_tokens(h, tgt_idx))
         loss.backward()
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.cfg.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)
-        else:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, math.inf, foreach=True)  # norm only
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(self.optimizer, self.model.parameters(), self.cfg.grad_clip)
         ema_update(self.target, self.model.encoder, momentum)
         self.step += 1
         self._last = {"lr": lr, "weight_decay": wd, "momentum": momentum}
-        return loss.detach(), grad_norm.detach(), h
+        return loss.detach(), grad_norm, h
 
     # -- the run -------------------------------------------------------------------------------
     def train(self) -> Path:
@@ -324,9 +295,7 @@ class JEPATrainer:
         if self.ctx.is_main:  # the node's log shows progress even where tqdm is off (no TTY)
             log.info("step %d/%d loss %.4f feat_std %.3f eff_rank %.1f lr %.2e %.0f tokens/s", step, self.cfg.steps,
                      loss_v, std, rank, rec.get("lr", float("nan")), tokens_per_s)
-        if not math.isfinite(loss_v):
-            self._write_curves()
-            raise EchoError(f"pretrain: loss is {loss_v} at step {step}; lower pretrain.lr or check the features")
+        check_finite(loss_v, step, "pretrain", "lower pretrain.lr or check the features", self._write_curves)
         after = self.cfg.warmup_steps if self.cfg.collapse_after is None else self.cfg.collapse_after
         if step >= after:
             try:
@@ -336,35 +305,30 @@ class JEPATrainer:
                 raise
 
     # -- persistence ---------------------------------------------------------------------------
+    @property
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.model, "target": self.target}
+
     def _write_curves(self) -> None:
-        if self.ctx.is_main and self.curves:
-            write_parquet(pd.DataFrame(self.curves), self.curves_path)
+        if self.ctx.is_main:
+            write_rows(self.curves, self.curves_path)
 
     def save_checkpoint(self) -> None:
         """Write the training state (rank 0) and the curves so far; all ranks wait for it."""
         if self.ctx.is_main:
-            state = {
-                "step": self.step,
-                "model": self.model.state_dict(),
-                "target": self.target.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "schedules": {"lr": self.lr_schedule.state_dict(), "wd": self.wd_schedule.state_dict(),
-                              "ema": self.ema_schedule.state_dict()},
-                "curves": self.curves,
-            }
-            save_train_state(self.checkpoint_path, state, self.fingerprint())
+            save_state(self.checkpoint_path, self.fingerprint(), self.step, self._modules, self.optimizer,
+                       schedules={"lr": self.lr_schedule.state_dict(), "wd": self.wd_schedule.state_dict(),
+                                  "ema": self.ema_schedule.state_dict()},
+                       curves=self.curves)
             self._write_curves()
         distributed.barrier(self.ctx)
 
     def _resume(self) -> None:
-        state = load_train_state(self.checkpoint_path, self.fingerprint(), map_location=self.ctx.device)
-        self.model.load_state_dict(state["model"])
-        self.target.load_state_dict(state["target"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        state = restore_state(self.checkpoint_path, self.fingerprint(), self._modules, self.optimizer, self.ctx.device)
         self.step = int(state["step"])
         for sched in (self.lr_schedule, self.wd_schedule, self.ema_schedule):
             sched.fast_forward(self.step)
-        self.curves = [c for c in state["curves"] if c["step"] <= self.step]
+        self.curves = rows_until(state["curves"], self.step)
         log.info("resumed pretraining from %s at step %d", self.checkpoint_path, self.step)
 
 

@@ -120,6 +120,21 @@ def stage_bundle(train: FeatureCache, enc_path: Path, out: Path, heads: str = "s
     return EchoModel(enc, train.frontend, stage, meta={"train_speakers": speakers}, **kw).save(out)
 
 
+def speaker_config(**changes):
+    """A tiny stage-1 config (24 steps of 8 crops, top block trainable, distillation guard)."""
+    import dataclasses
+
+    from echo.heads.arcface import ArcFaceConfig
+    from echo.stages.common import StageGuardConfig
+    from echo.stages.speaker import SpeakerStageConfig
+
+    base = SpeakerStageConfig(steps=24, batch_size=8, crop_s=1.0, lr=1e-2, encoder_lr=1e-3, warmup_steps=0,
+                              eval_every=8, checkpoint_every=8, log_every=1, emb_dim=16, attention_dim=8,
+                              arcface=ArcFaceConfig(scale=10.0, margin=0.1), trainable="top1",
+                              guard=StageGuardConfig(kind="distill", weight=0.5))
+    return dataclasses.replace(base, **changes)
+
+
 def build_mixtures(world: dict, split: str, k_max: int = 3, n_per_k: int = 3) -> Path:
     from echo.simulate.mixtures import MixtureConfig, simulate_mixtures
 

@@ -1,4 +1,3 @@
-import dataclasses
 import json
 
 import numpy as np
@@ -7,14 +6,13 @@ import pytest
 import torch
 
 from echo.errors import CacheMismatchError, ConfigError
-from echo.heads.arcface import ArcFaceConfig
 from echo.heads.guard import latent_distillation_loss
 from echo.models.bundle import EchoModel
 from echo.models.vit import Encoder
 from echo.stages.common import StageGuardConfig
 from echo.stages.speaker import SpeakerStage, SpeakerStageConfig, train_speaker_stage
 
-from tests.stages.helpers import build_world, pretrained_encoder
+from tests.stages.helpers import build_world, pretrained_encoder, speaker_config
 
 
 class Killed(Exception):
@@ -28,12 +26,7 @@ def world(tmp_path_factory):
     return w
 
 
-def _cfg(**kw) -> SpeakerStageConfig:
-    base = SpeakerStageConfig(steps=24, batch_size=8, crop_s=1.0, lr=1e-2, encoder_lr=1e-3, warmup_steps=0,
-                              eval_every=8, checkpoint_every=8, log_every=1, emb_dim=16, attention_dim=8,
-                              arcface=ArcFaceConfig(scale=10.0, margin=0.1), trainable="top1",
-                              guard=StageGuardConfig(kind="distill", weight=0.5))
-    return dataclasses.replace(base, **kw)
+_cfg = speaker_config
 
 
 def _state(enc: Encoder) -> dict:

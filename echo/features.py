@@ -110,7 +110,8 @@ def frame_labels(align_phone, align_start, align_end, num_frames: int, hop_lengt
 
 def build_feature_cache(manifest: pd.DataFrame, frontend: FrontEnd, out_dir: Path,
                         inventory: list[str], shard_frames: int = 2_000_000,
-                        transform: Callable[[np.ndarray, Any], np.ndarray] | None = None) -> "FeatureCache":
+                        transform: Callable[[np.ndarray, Any], np.ndarray] | None = None,
+                        hook: Callable[..., Any] | None = None) -> "FeatureCache":
     """Compute log-mel features for every row of ``manifest`` into a sharded cache at ``out_dir``.
 
     Args:
@@ -122,10 +123,11 @@ def build_feature_cache(manifest: pd.DataFrame, frontend: FrontEnd, out_dir: Pat
         transform: ``transform(wave, row) -> wave`` applied to each utterance before the front-end
             (e.g. :class:`echo.simulate.augment.Augmenter`); it must keep the length, so the frame
             labels stay those of the alignment.
+        hook: progress callback ``hook("features <split>", completed=utterances, total=utterances)``
+            (see :mod:`echo.progress`).
     """
-    from tqdm import tqdm
-
     from echo.audio import read_segment
+    from echo.progress import track
     from echo.io import atomic_dir, write_json, write_parquet
 
     out_dir = Path(out_dir)
@@ -142,8 +144,7 @@ def build_feature_cache(manifest: pd.DataFrame, frontend: FrontEnd, out_dir: Pat
             np.save(tmp / f"labels-{shard:05d}.npy", np.concatenate(labs))
             feats, labs, n_in_shard, shard = [], [], 0, shard + 1
 
-        for r in tqdm(manifest.itertuples(index=False), total=len(manifest), desc=f"features {out_dir.name}",
-                      mininterval=5, disable=None):
+        for r in track(manifest.itertuples(index=False), hook, f"features {out_dir.name}", len(manifest)):
             wave = read_segment(r.abs_path, int(r.start), int(r.num_samples), frontend.sample_rate)
             if transform is not None:
                 n = wave.shape[0]

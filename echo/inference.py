@@ -33,7 +33,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -41,13 +41,13 @@ import torch
 from echo.audio import SAMPLE_RATE, _SOUNDFILE_EXT, _check_path, _ffmpeg_decoder, _first_line, _soundfile_info, resample
 from echo.errors import AudioError, ConfigError
 from echo.features import FrontEnd
+from echo.progress import Hook
 
 __all__ = ["InferenceConfig", "AudioSource", "probe", "stream", "read_all", "is_silent",
            "chunk_log_mel", "token_count", "iter_latents", "encode_long"]
 
 log = logging.getLogger(__name__)
 
-Hook = Callable[..., Any]
 
 
 @dataclass(frozen=True)

@@ -41,10 +41,9 @@ import logging
 import os
 import re
 import struct
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -54,6 +53,7 @@ from echo.corpus import manifest
 from echo.corpus.acquire import SOURCES, AcquireConfig, acquire
 from echo.errors import AudioError, ConfigError, EchoError
 from echo.io import atomic_path, write_json, write_text
+from echo.progress import Hook, track
 
 __all__ = ["RealCorpusConfig", "build_real_corpus", "scan_corpus", "hash_split", "speech_extent", "VOX1_TEST_IDS"]
 
@@ -344,14 +344,9 @@ def _probe(f: _File, cfg: RealCorpusConfig) -> tuple[int, int, int, int] | str:
     return sr, n, extent[0], extent[1]
 
 
-def _progress(it: Iterable, total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(it, total=total, desc=desc, unit="file", disable=not (enabled and sys.stderr.isatty()))
-
-
-def scan_corpus(cfg: RealCorpusConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Index a local corpus root into a manifest, without writing anything.
+def scan_corpus(cfg: RealCorpusConfig, hook: Hook | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Index a local corpus root into a manifest, without writing anything (``hook``: progress,
+    ``hook("scan <source>", completed=files, total=files)``).
 
     Returns:
         ``(manifest, skipped)``: the validated manifest (sorted by ``utt_id``) and a DataFrame of
@@ -374,7 +369,7 @@ def scan_corpus(cfg: RealCorpusConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         return _probe(f, cfg)
 
     with concurrent.futures.ThreadPoolExecutor(cfg.workers) as pool:
-        results = list(_progress(pool.map(probe, files), len(files), cfg.progress, f"scan {cfg.source}"))
+        results = list(track(pool.map(probe, files), hook, f"scan {cfg.source}", len(files)))
     rows, skipped = [], []
     for f, res in zip(files, results):
         if isinstance(res, str):
@@ -441,7 +436,7 @@ def _arrow_schema():
     return _SCHEMA
 
 
-def build_real_corpus(cfg: RealCorpusConfig, out_dir: str | os.PathLike) -> pd.DataFrame:
+def build_real_corpus(cfg: RealCorpusConfig, out_dir: str | os.PathLike, hook: Hook | None = None) -> pd.DataFrame:
     """Index ``cfg.root`` (downloading first if ``cfg.acquire`` says so) and write the manifest.
 
     Writes, atomically, into ``out_dir``: ``manifest.parquet`` (paths absolute into the root; no
@@ -450,11 +445,12 @@ def build_real_corpus(cfg: RealCorpusConfig, out_dir: str | os.PathLike) -> pd.D
     Args:
         cfg: corpus settings.
         out_dir: output directory (created).
+        hook: progress callback (see :func:`scan_corpus`).
 
     Returns:
         The manifest DataFrame (as validated, in column order).
     """
-    df, skipped = scan_corpus(cfg)
+    df, skipped = scan_corpus(cfg, hook)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "manifest.parquet") as tmp:

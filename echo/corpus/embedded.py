@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from echo.corpus.speakers import EQ_BANDS_HZ, ChannelColour, SpeakerIdentity, sa
 from echo.corpus.texts import generate_sentences
 from echo.errors import ConfigError, EchoError
 from echo.io import atomic_dir, write_json, write_parquet
+from echo.progress import Hook, track
 
 __all__ = ["EmbeddedCorpusConfig", "build_embedded_corpus", "render_utterance", "check_alignment",
            "channel_filter"]
@@ -235,18 +235,17 @@ def _worker_init() -> None:
     torch.set_num_threads(1)  # the parallelism is across speakers
 
 
-def build_embedded_corpus(cfg: EmbeddedCorpusConfig, out_dir: Path) -> pd.DataFrame:
+def build_embedded_corpus(cfg: EmbeddedCorpusConfig, out_dir: Path, hook: Hook | None = None) -> pd.DataFrame:
     """Build the embedded corpus into ``out_dir`` (replaced atomically) and return its manifest.
 
     Args:
         cfg: corpus size and seeds.
         out_dir: output directory; an existing one is replaced only once the new one is complete.
+        hook: progress callback ``hook("embedded corpus", completed=speakers, total=speakers)``.
 
     Returns:
         The validated manifest (also written to ``out_dir/manifest.parquet``).
     """
-    from tqdm import tqdm
-
     out_dir = Path(out_dir)
     idents = sample_identities(cfg.n_speakers, cfg.seed)
     splits = (["train"] * cfg.n_train_speakers + ["dev"] * cfg.n_dev_speakers + ["test"] * cfg.n_test_speakers)
@@ -260,13 +259,12 @@ def build_embedded_corpus(cfg: EmbeddedCorpusConfig, out_dir: Path) -> pd.DataFr
             jobs.append({"identity": ident, "split": split, "utterances": utts, "rel_path": f"audio/{ident.speaker}.flac",
                          "out_dir": str(tmp), "min_pad_s": cfg.min_pad_s, "max_pad_s": cfg.max_pad_s})
         (tmp / "audio").mkdir()
-        bar = dict(total=len(jobs), desc="embedded corpus", unit="spk", disable=not sys.stderr.isatty())
         if cfg.processes == 1:
-            results = [r for r in tqdm(map(_render_speaker, jobs), **bar)]
+            results = list(track(map(_render_speaker, jobs), hook, "embedded corpus", len(jobs)))
         else:
             # spawn, not fork: the parent may hold torch's thread pools, which do not survive fork
             with mp.get_context("spawn").Pool(cfg.processes, initializer=_worker_init) as pool:
-                results = list(tqdm(pool.imap(_render_speaker, jobs), **bar))
+                results = list(track(pool.imap(_render_speaker, jobs), hook, "embedded corpus", len(jobs)))
         df = pd.DataFrame([row for rows in results for row in rows], columns=list(manifest.COLUMNS))
         for col, dtype in manifest.COLUMNS.items():
             if dtype != "object":

@@ -49,7 +49,8 @@ from echo.diarization.plda import PLDA
 from echo.diarization.vbx import VBxConfig, vbx_cluster
 from echo.errors import ConfigError, EchoError
 from echo.features import FrontEnd
-from echo.inference import Hook, iter_latents, token_count
+from echo.inference import iter_latents, token_count
+from echo.progress import Hook
 
 __all__ = ["DiarizerConfig", "DiarizeOutput", "Prepared", "Diarizer", "BlockReader", "activity_annotation",
            "reference_activity", "constrained_assignment", "check_speaker_counts", "MODEL_FILES"]

@@ -40,6 +40,7 @@ from echo.simulate.room import RoomConfig, apply_rir, check_range, check_value, 
 from echo.simulate.rttm import annotation_from_intervals, read_rttm, read_uem, rttm_text, uem_text
 from echo.simulate.shards import check_set_fields, generator, open_set, read_set, read_shard
 from echo.simulate.utterances import Utterance, UtterancePool
+from echo.progress import Hook
 
 __all__ = ["ConversationConfig", "Turn", "ConversationPlan", "plan_conversation", "render_conversation",
            "simulate_conversations", "ConversationSet", "overlap_ratio"]
@@ -289,7 +290,8 @@ def render_conversation(pool: UtterancePool, plan: ConversationPlan, cfg: Conver
 
 
 def simulate_conversations(manifest_df: pd.DataFrame, cfg: ConversationConfig, out_dir: str | Path,
-                           k_values: tuple[int, ...] | None = None, n_per_k: int | None = None) -> Path:
+                           k_values: tuple[int, ...] | None = None, n_per_k: int | None = None,
+                           hook: Hook | None = None) -> Path:
     """Simulate conversations from one split's utterances and write them to ``out_dir`` atomically.
 
     Output: ``recordings.parquet`` (one row per recording), ``turns.parquet`` (one row per placed
@@ -302,6 +304,7 @@ def simulate_conversations(manifest_df: pd.DataFrame, cfg: ConversationConfig, o
         out_dir: output directory (replaced as a whole).
         k_values: speaker counts (default ``1..cfg.k_max``).
         n_per_k: recordings per speaker count (default ``cfg.n_per_k``).
+        hook: progress callback (see :mod:`echo.progress`).
 
     Returns:
         ``out_dir`` as a Path.
@@ -313,7 +316,7 @@ def simulate_conversations(manifest_df: pd.DataFrame, cfg: ConversationConfig, o
 
     out_dir = Path(out_dir)
     rows, turn_rows, annotations, durations = [], [], [], {}
-    with open_set("conversations", manifest_df, cfg, out_dir, k_values, n_per_k) as run:
+    with open_set("conversations", manifest_df, cfg, out_dir, k_values, n_per_k, hook) as run:
         pool = run.pool
         for k, i in run.jobs():
             rng = generator(cfg.seed, pool.split, k, i)

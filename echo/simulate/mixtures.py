@@ -31,6 +31,7 @@ from echo.simulate.conversations import PEAK, draw_noise, overlap_ratio, reverbe
 from echo.simulate.room import RoomConfig, check_value
 from echo.simulate.shards import check_set_fields, generator, open_set, read_set, read_shard
 from echo.simulate.utterances import UtterancePool
+from echo.progress import Hook
 
 __all__ = ["MixtureConfig", "Mixture", "make_mixture", "simulate_mixtures", "MixtureSet", "MixtureItem"]
 
@@ -176,7 +177,8 @@ _STREAM = 1
 
 
 def simulate_mixtures(manifest_df: pd.DataFrame, cfg: MixtureConfig, out_dir: str | Path,
-                      k_values: tuple[int, ...] | None = None, n_per_k: int | None = None) -> Path:
+                      k_values: tuple[int, ...] | None = None, n_per_k: int | None = None,
+                      hook: Hook | None = None) -> Path:
     """Simulate mixtures from one split's utterances and write them to ``out_dir`` atomically.
 
     Output: ``mixtures.parquet``, ``sources.parquet``, ``audio/shard-*.{flac,npy}``, ``stats.json``,
@@ -188,6 +190,7 @@ def simulate_mixtures(manifest_df: pd.DataFrame, cfg: MixtureConfig, out_dir: st
         out_dir: output directory (replaced as a whole).
         k_values: source counts (default ``1..cfg.k_max``).
         n_per_k: mixtures per source count (default ``cfg.n_per_k``).
+        hook: progress callback (see :mod:`echo.progress`).
 
     Returns:
         ``out_dir`` as a Path.
@@ -199,7 +202,7 @@ def simulate_mixtures(manifest_df: pd.DataFrame, cfg: MixtureConfig, out_dir: st
 
     out_dir = Path(out_dir)
     rows, src_rows = [], []
-    with open_set("mixtures", manifest_df, cfg, out_dir, k_values, n_per_k) as run:
+    with open_set("mixtures", manifest_df, cfg, out_dir, k_values, n_per_k, hook) as run:
         pool = run.pool
         for k, i in run.jobs():
             m = make_mixture(pool, k, cfg, generator(cfg.seed, pool.split, _STREAM, k, i))

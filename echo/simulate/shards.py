@@ -12,7 +12,6 @@ two kinds share (K checks, one generator per recording, the job loop, the summar
 """
 from __future__ import annotations
 
-import sys
 import zlib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -21,13 +20,13 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from echo.audio import SAMPLE_RATE
 from echo.errors import AudioError, ConfigError, EchoError
 from echo.io import atomic_dir, read_json, write_json, write_parquet
 from echo.simulate.room import check_range, check_value, normalise_fields, room_config
 from echo.simulate.utterances import UtterancePool
+from echo.progress import Hook, track
 
 __all__ = ["AUDIO_FORMATS", "ShardWriter", "read_shard", "to_int16", "check_set_fields", "generator", "SetRun",
            "open_set", "read_set"]
@@ -146,6 +145,7 @@ class SetRun:
         k_values, n_per_k: what is simulated: ``n_per_k`` recordings for each K.
         tmp: the temporary directory that becomes the set's directory.
         shards: the audio shards under ``tmp/audio``.
+        hook: progress callback (``hook("<kind> <split>", completed=recordings, total=recordings)``).
     """
 
     kind: str
@@ -155,11 +155,12 @@ class SetRun:
     n_per_k: int
     tmp: Path
     shards: ShardWriter
+    hook: Hook | None = None
 
     def jobs(self) -> Iterator[tuple[int, int]]:
-        """``(K, index)`` of every recording, K by K (with a progress bar on a terminal)."""
+        """``(K, index)`` of every recording, K by K (reported to ``hook`` as they are done)."""
         jobs = [(k, i) for k in self.k_values for i in range(self.n_per_k)]
-        return iter(tqdm(jobs, desc=f"{self.kind} {self.pool.split}", disable=not sys.stderr.isatty()))
+        return track(jobs, self.hook, f"{self.kind} {self.pool.split}", len(jobs))
 
     def finish(self, tables: dict[str, pd.DataFrame], stats: Callable[[pd.DataFrame], dict]) -> None:
         """Close the shards and write ``<name>.parquet`` per table, ``stats.json`` + ``stats.png``
@@ -178,7 +179,8 @@ class SetRun:
 
 @contextmanager
 def open_set(kind: str, manifest_df: pd.DataFrame, cfg: Any, out_dir: str | Path,
-             k_values: tuple[int, ...] | None = None, n_per_k: int | None = None) -> Iterator[SetRun]:
+             k_values: tuple[int, ...] | None = None, n_per_k: int | None = None,
+             hook: Hook | None = None) -> Iterator[SetRun]:
     """Check what is asked of a split and open its set directory for writing (atomically: ``out_dir``
     is replaced when the block ends without error; call :meth:`SetRun.finish` inside it).
 
@@ -189,6 +191,7 @@ def open_set(kind: str, manifest_df: pd.DataFrame, cfg: Any, out_dir: str | Path
         out_dir: the set's directory.
         k_values: speaker counts (default ``1..cfg.k_max``).
         n_per_k: recordings per speaker count (default ``cfg.n_per_k``).
+        hook: progress callback (see :mod:`echo.progress`).
 
     Raises:
         EchoError: a table with several splits, or a K larger than the split's number of speakers.
@@ -201,7 +204,7 @@ def open_set(kind: str, manifest_df: pd.DataFrame, cfg: Any, out_dir: str | Path
                         f"{len(pool.speakers)} (the split's number of speakers)")
     with atomic_dir(Path(out_dir)) as tmp:
         shards = ShardWriter(tmp, int(cfg.shard_hours * 3600 * SAMPLE_RATE), cfg.audio_format)
-        yield SetRun(kind, cfg, pool, k_values, n_per_k, tmp, shards)
+        yield SetRun(kind, cfg, pool, k_values, n_per_k, tmp, shards, hook)
 
 
 def read_set(out_dir: str | Path, table: str, writer: str) -> tuple[Path, pd.DataFrame, dict]:

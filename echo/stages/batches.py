@@ -248,15 +248,14 @@ class MixtureFeatures:
     """
 
     def __init__(self, mixtures, frontend, max_mixtures: int = 0) -> None:
-        from tqdm import tqdm
-
         n = len(mixtures)
         if n == 0:
             raise EchoError(f"{getattr(mixtures, 'root', 'mixtures')}: no mixtures")
         idx = np.arange(n) if not max_mixtures or n <= max_mixtures else \
             np.unique(np.linspace(0, n - 1, max_mixtures).round().astype(np.int64))
         mels, srcs, ks, ids, speakers = [], [], [], [], set()
-        for i in tqdm(idx.tolist(), desc="mixture features", mininterval=10, disable=None):
+        log.info("mixture features: %d mixtures", len(idx))  # progress in the node's log
+        for i in idx.tolist():
             item = mixtures[i]
             m = frontend.compute(item.mixture)
             if mels and m.shape != mels[0].shape:

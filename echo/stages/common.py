@@ -485,8 +485,6 @@ class StageTrainer:
 
     def run(self) -> Path:
         """Train (or finish training) and return the selected bundle's directory."""
-        from tqdm import tqdm
-
         cfg = self.cfg
         summary = self.out_dir / "summary.json"
         if self.step >= cfg.steps and (self.bundle_path / "bundle.json").exists() and summary.exists():
@@ -494,14 +492,12 @@ class StageTrainer:
             return self.bundle_path
         if self.step == 0 and not self.dev_curves:
             self._evaluate()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"stage {self.name}", mininterval=10, disable=None)
         while self.step < cfg.steps:
             t0 = time.perf_counter()
             parts = self.train_step()
             loss = float(parts["loss"])
             dt = time.perf_counter() - t0
             self.step_times.append(dt)
-            bar.update(1)
             s = self.step
             check_finite(loss, s, cfg.SECTION, f"lower {cfg.SECTION}.lr / encoder_lr", self._write_tables)
             if s % cfg.log_every == 0 or s == 1 or s == cfg.steps:
@@ -509,11 +505,11 @@ class StageTrainer:
                 self.curves.append(rec)
                 if self.log_metrics is not None:
                     self.log_metrics({k: v for k, v in rec.items() if k != "step"}, s)
+                log.info("%s stage: step %d/%d loss %.4f (%.2f s/step)", self.name, s, cfg.steps, loss, dt)  # progress
             if s % cfg.eval_every == 0 or s == cfg.steps:
                 self._evaluate()
             if s % cfg.checkpoint_every == 0 and s < cfg.steps:
                 self.save_checkpoint()
-        bar.close()
         self.save_checkpoint()
         self._write_summary(summary)
         return self.bundle_path

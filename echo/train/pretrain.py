@@ -258,16 +258,11 @@ class JEPATrainer:
         if self.step >= cfg.steps and self.encoder_path.exists():
             log.info("pretraining already complete at step %d: %s", self.step, self.encoder_path)
             return self.encoder_path
-        from tqdm import tqdm
-
         tokens_per_step = cfg.batch_size * self.ctx.world_size * self.num_tokens
         t_last, step_last = time.perf_counter(), self.step
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="pretrain", disable=None if self.ctx.is_main else True,
-                   mininterval=10)
         with contextlib.closing(self.loader.iterate(self.step, cfg.steps)) as batches:
             for batch in batches:
                 loss, grad_norm, h = self.train_step(batch)
-                bar.update(1)
                 s = self.step
                 if s % cfg.log_every == 0 or s == cfg.steps or s == 1:
                     now = time.perf_counter()
@@ -276,7 +271,6 @@ class JEPATrainer:
                     self._log(s, loss, grad_norm, h, rate)
                 if s % cfg.checkpoint_every == 0 and s < cfg.steps:
                     self.save_checkpoint()
-        bar.close()
         self.save_checkpoint()
         if self.ctx.is_main:
             self.target.save(self.encoder_path)
@@ -292,7 +286,7 @@ class JEPATrainer:
         self.curves.append(rec)
         if self.ctx.is_main and self.log_metrics is not None:
             self.log_metrics({k: v for k, v in rec.items() if k != "step"}, step)
-        if self.ctx.is_main:  # the node's log shows progress even where tqdm is off (no TTY)
+        if self.ctx.is_main:  # progress: one log line per logged step (the caller's log_metrics sees the same)
             log.info("step %d/%d loss %.4f feat_std %.3f eff_rank %.1f lr %.2e %.0f tokens/s", step, self.cfg.steps,
                      loss_v, std, rank, rec.get("lr", float("nan")), tokens_per_s)
         check_finite(loss_v, step, "pretrain", "lower pretrain.lr or check the features", self._write_curves)

@@ -41,7 +41,7 @@ from echo.heads.ctc import ctc_greedy_decode
 from echo.heads.guard import ParameterAnchor, frozen_copy, latent_distillation_loss, set_trainable
 from echo.heads.vq import codebook_perplexity
 from echo.io import write_json
-from echo.models.bundle import EchoModel
+from echo.models.bundle import BUNDLE_FILE, EchoModel
 from echo.models.vit import Encoder
 from echo.stages.batches import CropBatch, CropSampler, LabelledFrames, dev_batches
 from echo.train.schedules import WarmupCosine
@@ -487,7 +487,7 @@ class StageTrainer:
         """Train (or finish training) and return the selected bundle's directory."""
         cfg = self.cfg
         summary = self.out_dir / "summary.json"
-        if self.step >= cfg.steps and (self.bundle_path / "bundle.json").exists() and summary.exists():
+        if self.step >= cfg.steps and (self.bundle_path / BUNDLE_FILE).exists() and summary.exists():
             log.info("%s stage already complete: %s", self.name, self.bundle_path)
             return self.bundle_path
         if self.step == 0 and not self.dev_curves:

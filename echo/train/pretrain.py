@@ -29,6 +29,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from echo.errors import ConfigError, EchoError
+from echo.models.bundle import ENCODER_FILE
 from echo.models.jepa import JEPA, PredictorConfig, ema_update, jepa_loss, target_features
 from echo.models.masks import MaskCollator, MaskConfig
 from echo.models.vit import EncoderConfig, gather_tokens
@@ -203,7 +204,7 @@ class JEPATrainer:
 
     @property
     def encoder_path(self) -> Path:
-        return self.out_dir / "encoder.pt"
+        return self.out_dir / ENCODER_FILE
 
     @property
     def curves_path(self) -> Path:

@@ -115,7 +115,7 @@ class _Session:
     def __init__(self, args: argparse.Namespace):
         from echo.inference import InferenceConfig
 
-        self.config = InferenceConfig() if args.chunk_seconds is None else InferenceConfig(chunk_seconds=args.chunk_seconds)
+        self.config = InferenceConfig() if args.chunk_seconds is None else InferenceConfig(chunk_s=args.chunk_seconds)
         self.device = _device(args.device)
         self.path = resolve_model(args.checkpoint)
         self.model = load_model(self.path, self.device)
@@ -187,7 +187,7 @@ def _read_streamed(src, config):
     from echo.errors import AudioError
     from echo.inference import is_silent, stream
 
-    block = config.block_seconds
+    block = config.block_s
     peak, count = 0.0, 0
     for x in stream(src, block):
         peak = max(peak, float(np.abs(x).max()) if x.size else 0.0)

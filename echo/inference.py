@@ -19,7 +19,7 @@ ends early) raise while streaming. Every problem is an :class:`~echo.errors.Audi
 line naming the file.
 
 Also: chunked encoding of long signals (:func:`chunk_spans`, :func:`encode_latents`) so the
-encoder's attention never sees more than ``chunk_seconds`` of audio at once.
+encoder's attention never sees more than ``chunk_s`` of audio at once.
 """
 from __future__ import annotations
 
@@ -51,28 +51,28 @@ class InferenceConfig:
     """How long recordings are read and encoded.
 
     Attributes:
-        block_seconds: audio decoded per block while streaming (> 0). Bounds decoder memory.
-        chunk_seconds: audio the encoder sees at once (> 0); attention cost grows with its square.
-        context_seconds: extra audio encoded on each side of a chunk and then dropped (>= 0), so
+        block_s: audio decoded per block while streaming (> 0). Bounds decoder memory.
+        chunk_s: audio the encoder sees at once (> 0); attention cost grows with its square.
+        context_s: extra audio encoded on each side of a chunk and then dropped (>= 0), so
             tokens near chunk edges still see context.
         silence_dbfs: a recording whose peak is below this level (dB full scale, < 0) is treated
             as silent: no speakers, no phones.
-        progress_seconds: show a progress bar for inputs longer than this (>= 0) when stderr is
+        progress_s: show a progress bar for inputs longer than this (>= 0) when stderr is
             a terminal.
     """
 
-    block_seconds: float = 60.0
-    chunk_seconds: float = 30.0
-    context_seconds: float = 4.0
+    block_s: float = 60.0
+    chunk_s: float = 30.0
+    context_s: float = 4.0
     silence_dbfs: float = -70.0
-    progress_seconds: float = 120.0
+    progress_s: float = 120.0
 
     def __post_init__(self) -> None:
-        for name in ("block_seconds", "chunk_seconds"):
+        for name in ("block_s", "chunk_s"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0):
                 raise ConfigError(f"inference.{name}: expected seconds > 0, got {v!r}")
-        for name in ("context_seconds", "progress_seconds"):
+        for name in ("context_s", "progress_s"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0):
                 raise ConfigError(f"inference.{name}: expected seconds >= 0, got {v!r}")
@@ -231,7 +231,7 @@ def read_all(src: AudioSource, config: InferenceConfig = InferenceConfig(), desc
     parts = []
     with tqdm(total=round(src.duration), unit="s", desc=f"{desc} {src.path.name}", leave=False,
               disable=_no_progress(src.duration, config)) as bar:
-        for x in stream(src, config.block_seconds):
+        for x in stream(src, config.block_s):
             parts.append(x)
             bar.update(round(len(x) / SAMPLE_RATE))
     wave = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else np.zeros(0, np.float32))
@@ -242,7 +242,7 @@ def read_all(src: AudioSource, config: InferenceConfig = InferenceConfig(), desc
 
 def _no_progress(duration: float, config: InferenceConfig) -> bool | None:
     # None lets tqdm decide (no bar when stderr is not a terminal)
-    return True if duration < config.progress_seconds else None
+    return True if duration < config.progress_s else None
 
 
 def is_silent(wave: np.ndarray, silence_dbfs: float = -70.0) -> bool:
@@ -258,8 +258,8 @@ def chunk_spans(num_samples: int, config: InferenceConfig = InferenceConfig()) -
         ``(lo, hi, keep_lo, keep_hi)`` sample offsets per chunk: encode ``wave[lo:hi]`` and keep its
         tokens for ``[keep_lo, keep_hi)``; the kept spans tile ``[0, num_samples)``.
     """
-    step = max(1, round(config.chunk_seconds * SAMPLE_RATE / TOKEN_SAMPLES)) * TOKEN_SAMPLES
-    ctx = round(config.context_seconds * SAMPLE_RATE / TOKEN_SAMPLES) * TOKEN_SAMPLES
+    step = max(1, round(config.chunk_s * SAMPLE_RATE / TOKEN_SAMPLES)) * TOKEN_SAMPLES
+    ctx = round(config.context_s * SAMPLE_RATE / TOKEN_SAMPLES) * TOKEN_SAMPLES
     spans = []
     for keep_lo in range(0, max(num_samples, 1), step):
         keep_hi = min(num_samples, keep_lo + step)

@@ -54,7 +54,7 @@ def test_compressed_stream_is_16k_mono_and_matches_whole_decode(tmp_path, ext, c
 def test_read_all_matches_stream(tmp_path):
     p = tmp_path / "a.wav"
     sf.write(p, _noise(22050, 1.7), 22050)
-    cfg = InferenceConfig(block_seconds=0.4)
+    cfg = InferenceConfig(block_s=0.4)
     np.testing.assert_array_equal(read_all(probe(p), cfg), np.concatenate(list(stream(probe(p), 0.4))))
 
 
@@ -103,7 +103,7 @@ def test_is_silent():
 
 
 def test_chunk_spans_tile_the_signal_on_token_boundaries():
-    cfg = InferenceConfig(chunk_seconds=1.0, context_seconds=0.2)
+    cfg = InferenceConfig(chunk_s=1.0, context_s=0.2)
     n = 16000 * 3 + 123
     spans = chunk_spans(n, cfg)
     assert spans[0][2] == 0 and spans[-1][3] == n
@@ -126,13 +126,13 @@ def _local_latents(wave):
 def test_encode_latents_chunked_equals_whole():
     wave = _noise(16000, 3.3)[:, 0]
     whole = _local_latents(wave)
-    chunked = encode_latents(_local_latents, wave, InferenceConfig(chunk_seconds=0.7, context_seconds=0.2))
+    chunked = encode_latents(_local_latents, wave, InferenceConfig(chunk_s=0.7, context_s=0.2))
     assert chunked.shape == whole.shape
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_config_ranges():
-    with pytest.raises(ConfigError, match="inference.chunk_seconds"):
-        InferenceConfig(chunk_seconds=0)
+    with pytest.raises(ConfigError, match="inference.chunk_s"):
+        InferenceConfig(chunk_s=0)
     with pytest.raises(ConfigError, match="inference.silence_dbfs"):
         InferenceConfig(silence_dbfs=3.0)

@@ -22,7 +22,7 @@ are computed once at the start (float16, in host memory) rather than at every st
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar, NamedTuple
 
@@ -57,9 +57,9 @@ class RoutingStageConfig(StageConfig):
     the guard and the replay terms; ``dev_max_utts`` caps the dev mixtures.
 
     Attributes:
-        k_max: router slots, the most sources a mixture may have (>= 1; >= the sets' largest K).
-        router_width, router_layers, router_heads, router_ff_mult, router_dropout,
-            residual_mixture: the :class:`~echo.heads.router.RouterConfig`.
+        router: the :class:`~echo.heads.router.RouterConfig` (its ``d_model`` comes from the
+            incoming encoder); ``router.k_max`` slots is the most sources a mixture may have
+            (>= the sets' largest K).
         kset: matching/regression settings (:class:`~echo.heads.pit.KSetConfig`).
         target: ``stage2`` (frozen copy of the incoming encoder) or ``pretrain`` (the JEPA EMA
             target encoder; pass ``pretrained_encoder``).
@@ -75,13 +75,7 @@ class RoutingStageConfig(StageConfig):
 
     batch_size: int = 8
     guard: StageGuardConfig = StageGuardConfig(kind="distill", weight=1.0, replay_speaker=0.1, replay_ctc=0.1)
-    k_max: int = 4
-    router_width: int = 256
-    router_layers: int = 2
-    router_heads: int = 4
-    router_ff_mult: int = 2
-    router_dropout: float = 0.0
-    residual_mixture: bool = True
+    router: RouterConfig = RouterConfig()
     kset: KSetConfig = KSetConfig()
     target: str = "stage2"
     clean_batch_size: int = 4
@@ -92,12 +86,6 @@ class RoutingStageConfig(StageConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         p = self.SECTION
-        for key in ("k_max", "router_width", "router_layers", "router_heads", "router_ff_mult"):
-            v = getattr(self, key)
-            _need(_is_int(v) and v >= 1, f"{p}.{key}", "an integer >= 1", v)
-        _need(self.router_width % self.router_heads == 0, f"{p}.router_width", f"a multiple of router_heads ({self.router_heads})",
-              self.router_width)
-        _need(0.0 <= self.router_dropout < 1.0, f"{p}.router_dropout", "0 <= p < 1", self.router_dropout)
         _need(isinstance(self.kset, KSetConfig), f"{p}.kset", "a KSetConfig", type(self.kset).__name__)
         _need(self.target in TARGETS, f"{p}.target", f"one of {TARGETS}", self.target)
         _need(_is_int(self.clean_batch_size) and (self.clean_batch_size == 0 or self.clean_batch_size >= 2),
@@ -151,8 +139,8 @@ class RoutingStage(StageTrainer):
         if shared:  # model selection must not see training speakers
             raise EchoError(f"dev mixtures: speaker {shared[0]!r} is also in the train mixtures; expected disjoint splits")
         k_top = int(max(self.train_mix.k.max(), self.dev_mix.k.max()))
-        if k_top > cfg.k_max:
-            raise ConfigError(f"{cfg.SECTION}.k_max: expected >= the mixtures' largest K ({k_top}), got {cfg.k_max}")
+        if k_top > cfg.router.k_max:
+            raise ConfigError(f"{cfg.SECTION}.router.k_max: expected >= the mixtures' largest K ({k_top}), got {cfg.router.k_max}")
 
         self.teacher = frozen_copy(enc).to(self.device)
         if cfg.target == "pretrain":
@@ -168,9 +156,7 @@ class RoutingStage(StageTrainer):
         self.dev_targets = self._target_latents(target_enc, self.dev_mix)
 
         torch.manual_seed(cfg.seed)
-        router = SourceRouter(RouterConfig(d_model=d, k_max=cfg.k_max, width=cfg.router_width, num_layers=cfg.router_layers,
-                                           num_heads=cfg.router_heads, ff_mult=cfg.router_ff_mult, dropout=cfg.router_dropout,
-                                           residual_mixture=cfg.residual_mixture))
+        router = SourceRouter(replace(cfg.router, d_model=d))
         self.kset = KSetLoss.from_config(cfg.kset)
         self.models["encoder"] = enc
         for name in ("speaker", "arcface", "ctc", "vq_ctc"):
@@ -211,7 +197,7 @@ class RoutingStage(StageTrainer):
 
     def mixture_batch(self, feats: MixtureFeatures, targets: torch.Tensor, rows: np.ndarray) -> MixtureBatch:
         """Assemble the mixtures ``rows`` with their reference latents padded to ``k_max`` slots."""
-        b, k_max = len(rows), self.cfg.k_max
+        b, k_max = len(rows), self.cfg.router.k_max
         tgt = torch.zeros(b, k_max, targets.shape[1], targets.shape[2])
         tmask = torch.zeros(b, k_max, dtype=torch.bool)
         for i, r in enumerate(rows):

@@ -112,7 +112,7 @@ class Views:
     latent_frames: np.ndarray
     speaker_frames: np.ndarray
     content_frames: np.ndarray
-    hyps: dict[str, dict[str, list[str]]]  # head name ("ctc", "ctc_vq") -> utt_id -> decoded phones
+    hyps: dict[str, dict[str, list[str]]]  # head name ("ctc", "vq_ctc") -> utt_id -> decoded phones
 
 
 def _select(index, config: AbilityConfig) -> list[str]:
@@ -157,7 +157,7 @@ def extract_views(model: Any, cache, config: AbilityConfig = AbilityConfig()) ->
     spk_of = dict(zip(cache.index["utt_id"], cache.index["speaker"]))
     frames_of = dict(zip(cache.index["utt_id"], cache.index["num_frames"]))
     ids = sorted(ids, key=lambda u: (frames_of[u], u))  # batches of similar length
-    content_head = parts.ctc if parts.ctc is not None else parts.ctc_vq
+    content_head = parts.ctc if parts.ctc is not None else parts.vq_ctc
     inv = np.array(list(cache.inventory) + ["<unk>"], dtype=object)  # label -1 -> "<unk>"
     p = parts.encoder.cfg.patch_frames
     rng = np.random.default_rng(config.seed)
@@ -174,7 +174,7 @@ def extract_views(model: Any, cache, config: AbilityConfig = AbilityConfig()) ->
         if content_head is not None:
             cont = _ctc_representation(content_head, lat, mask, config.content_layer).float()
             acc["cu"].append(_masked_mean(cont, mask).cpu())
-        for name, head in (("ctc", parts.ctc), ("ctc_vq", parts.ctc_vq)):
+        for name, head in (("ctc", parts.ctc), ("vq_ctc", parts.vq_ctc)):
             if head is not None:
                 out = head(lat, mask)
                 for u, h in zip(batch, ctc_greedy_decode(out.log_probs, out.lengths)):
@@ -300,12 +300,12 @@ def measure_abilities(model: Any, cache, config: AbilityConfig = AbilityConfig()
     if views is None:
         views = extract_views(parts, cache, config)
     out = abilities_from_views(views, config)
-    for name, key in (("ctc", "per"), ("ctc_vq", "per_vq")):
+    for name, key in (("ctc", "per"), ("vq_ctc", "per_vq")):
         r = _per(views.hyps[name], cache, references, config.bootstrap) if name in views.hyps else \
             {"per": math.nan, "ci_low": math.nan, "ci_high": math.nan}
         out[key], out[f"{key}_ci_low"], out[f"{key}_ci_high"] = r["per"], r["ci_low"], r["ci_high"]
     out.update(has_speaker_head=int(parts.speaker is not None), has_ctc_head=int(parts.ctc is not None),
-               has_vq_head=int(parts.ctc_vq is not None), has_router=int(parts.router is not None),
+               has_vq_head=int(parts.vq_ctc is not None), has_router=int(parts.router is not None),
                wall_s=time.perf_counter() - t0)
     log.info("abilities: speaker-ID %.3f/%.3f, phone %.3f/%.3f, gap %.1f pts, EER %.3f, PER %.3f",
              out["speaker_id_acc_speaker_view"], out["speaker_id_acc_content_view"], out["phone_acc_content_view"],

@@ -32,15 +32,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from echo.config import check_fields, rule
 from echo.corpus.manifest import SILENCE
-from echo.errors import ConfigError, EchoError
+from echo.errors import EchoError
 from echo.evaluate import ModelParts, encode_batch, model_parts
 from echo.heads.ctc import ctc_greedy_decode
 from echo.metrics.asr import phoneme_error_rate
@@ -72,25 +73,16 @@ class AbilityConfig:
 
     probe: ProbeConfig = ProbeConfig()
     trials: TrialsConfig = TrialsConfig()
-    max_speakers: int | None = None
-    max_utts_per_speaker: int = 20
-    max_tokens_per_utt: int = 40
-    batch_size: int = 16
-    content_layer: str = "hidden"
+    max_speakers: int | None = field(default=None, metadata=rule(ge=2))
+    max_utts_per_speaker: int = field(default=20, metadata=rule(ge=2))
+    max_tokens_per_utt: int = field(default=40, metadata=rule(ge=1))
+    batch_size: int = field(default=16, metadata=rule(ge=1))
+    content_layer: Literal[_CONTENT] = "hidden"
     bootstrap: BootstrapConfig = BootstrapConfig()
     seed: int = 0
 
     def __post_init__(self):
-        if self.max_speakers is not None and not (isinstance(self.max_speakers, int) and self.max_speakers >= 2):
-            raise ConfigError(f"abilities.max_speakers: expected an integer >= 2 or null, got {self.max_speakers!r}")
-        if not (isinstance(self.max_utts_per_speaker, int) and self.max_utts_per_speaker >= 2):
-            raise ConfigError(f"abilities.max_utts_per_speaker: expected an integer >= 2, got {self.max_utts_per_speaker!r}")
-        for name in ("max_tokens_per_utt", "batch_size"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and v >= 1):
-                raise ConfigError(f"abilities.{name}: expected an integer >= 1, got {v!r}")
-        if self.content_layer not in _CONTENT:
-            raise ConfigError(f"abilities.content_layer: expected one of {_CONTENT}, got {self.content_layer!r}")
+        check_fields(self)
 
 
 @dataclass

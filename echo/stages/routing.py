@@ -22,13 +22,14 @@ are computed once at the start (float16, in host memory) rather than at every st
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import numpy as np
 import torch
 
+from echo.config import need, rule
 from echo.errors import CacheMismatchError, ConfigError, EchoError
 from echo.heads.guard import frozen_copy
 from echo.heads.pit import KSetConfig, KSetLoss, KSetResult, pairwise_neg_cosine
@@ -36,7 +37,7 @@ from echo.heads.router import RouterConfig, RouterOutput, SourceRouter
 from echo.models.bundle import EchoModel
 from echo.models.vit import Encoder
 from echo.stages.batches import CropSampler, LabelledFrames, MixtureFeatures, dev_batches, mixture_indices
-from echo.stages.common import (MetricsLogger, StageConfig, StageGuardConfig, StageTrainer, _is_int, _need, _sha256_of,
+from echo.stages.common import (MetricsLogger, StageConfig, StageGuardConfig, StageTrainer, _sha256_of,
                                 load_start, phonetic_dev_metrics, speaker_dev_metrics)
 
 __all__ = ["RoutingStageConfig", "RoutingStage", "MixtureBatch", "train_routing_stage"]
@@ -77,25 +78,18 @@ class RoutingStageConfig(StageConfig):
     guard: StageGuardConfig = StageGuardConfig(kind="distill", weight=1.0, replay_speaker=0.1, replay_ctc=0.1)
     router: RouterConfig = RouterConfig()
     kset: KSetConfig = KSetConfig()
-    target: str = "stage2"
-    clean_batch_size: int = 4
-    max_mixtures: int = 0
-    exist_threshold: float = 0.5
-    select: str = "combined"
+    target: Literal[TARGETS] = "stage2"
+    clean_batch_size: int = field(default=4, metadata=rule(ge=2, also=(0,)))
+    max_mixtures: int = field(default=0, metadata=rule(ge=0))
+    exist_threshold: float = field(default=0.5, metadata=rule(gt=0, lt=1))
+    select: Literal[*SELECT] = "combined"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        p = self.SECTION
-        _need(isinstance(self.kset, KSetConfig), f"{p}.kset", "a KSetConfig", type(self.kset).__name__)
-        _need(self.target in TARGETS, f"{p}.target", f"one of {TARGETS}", self.target)
-        _need(_is_int(self.clean_batch_size) and (self.clean_batch_size == 0 or self.clean_batch_size >= 2),
-              f"{p}.clean_batch_size", "0 or an integer >= 2", self.clean_batch_size)
-        _need(_is_int(self.max_mixtures) and self.max_mixtures >= 0, f"{p}.max_mixtures", "an integer >= 0", self.max_mixtures)
-        _need(0.0 < self.exist_threshold < 1.0, f"{p}.exist_threshold", "a value in (0, 1)", self.exist_threshold)
-        _need(self.select in SELECT, f"{p}.select", f"one of {sorted(SELECT)}", self.select)
         g = self.guard
-        if self.clean_batch_size == 0 and ((g.kind == "distill" and g.weight > 0) or g.replay_speaker or g.replay_ctc):
-            raise ConfigError(f"{p}.clean_batch_size: expected >= 2 when guard.kind is distill or a replay weight is > 0, got 0")
+        reads_clean = (g.kind == "distill" and g.weight > 0) or g.replay_speaker > 0 or g.replay_ctc > 0
+        need(self, self.clean_batch_size > 0 or not reads_clean, "clean_batch_size",
+             ">= 2 when guard.kind is distill or a replay weight is > 0", self.clean_batch_size)
 
     @property
     def needs_clean(self) -> bool:

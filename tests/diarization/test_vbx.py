@@ -118,9 +118,9 @@ def test_assign_overlap_adds_second_speaker_only_where_flagged():
 
 
 def test_config_validation():
-    with pytest.raises(ConfigError, match="vbx.loopP"):
+    with pytest.raises(ConfigError, match="VBxConfig.loopP"):
         VBxConfig(loopP=1.0)
-    with pytest.raises(ConfigError, match="vbx.Fb"):
+    with pytest.raises(ConfigError, match="VBxConfig.Fb"):
         VBxConfig(Fb=0)
 
 

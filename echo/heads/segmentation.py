@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from echo.config import check_fields, need, rule
+from echo.config import check_fields, need, rule, wired
 from echo.heads import config_from_dict, load_checkpoint, save_checkpoint
 
 __all__ = ["SegmentationConfig", "Powerset", "SegmentationHead", "powerset_pit_loss", "best_permutation"]
@@ -48,7 +48,7 @@ class SegmentationConfig:
         dropout: dropout between LSTM layers, in [0, 1).
     """
 
-    d_model: int = field(default=512, metadata=rule(ge=1))
+    d_model: int = field(default=512, metadata=wired(ge=1))
     max_speakers: int = field(default=3, metadata=rule(ge=1))
     max_per_frame: int = field(default=2, metadata=rule(ge=1))
     width: int = field(default=128, metadata=rule(ge=1))

@@ -117,7 +117,7 @@ class _Session:
     def __init__(self, args: argparse.Namespace):
         from echo.inference import InferenceConfig
 
-        self.config = InferenceConfig() if args.chunk_seconds is None else InferenceConfig(chunk_seconds=args.chunk_seconds)
+        self.config = InferenceConfig() if args.chunk_seconds is None else InferenceConfig(chunk_s=args.chunk_seconds)
         self.device = _device(args.device)
         self.path = resolve_model(args.checkpoint)
         self.model = load_model(self.path, self.device)
@@ -135,8 +135,8 @@ class _Session:
 
         progress = _Progress(name, len(wave) / 16000, self.config)
         try:
-            return encode_long(self.model.encoder, self.model.frontend, wave, self.config.chunk_seconds,
-                               self.config.context_seconds, hook=progress)
+            return encode_long(self.model.encoder, self.model.frontend, wave, self.config.chunk_s,
+                               self.config.context_s, hook=progress)
         finally:
             progress.close()
 
@@ -194,7 +194,7 @@ def _read_streamed(src, config):
     from echo.errors import AudioError
     from echo.inference import is_silent, stream
 
-    block = config.block_seconds
+    block = config.block_s
     peak, count = 0.0, 0
     for x in stream(src, block):
         peak = max(peak, float(np.abs(x).max()) if x.size else 0.0)
@@ -348,11 +348,11 @@ def _load_diarizer(path: Path, device: str = "cpu", **overrides):
 
 class _Progress:
     """The library's progress ``hook`` (decoding, encoding, the diarizer): a tqdm bar per step,
-    shown only when stderr is a terminal and the input lasts at least ``progress_seconds``."""
+    shown only when stderr is a terminal and the input lasts at least ``progress_s``."""
 
     def __init__(self, name: str, seconds: float | None = None, config=None):
         self.name, self.bar, self.step = name, None, None
-        short = seconds is not None and config is not None and seconds < config.progress_seconds
+        short = seconds is not None and config is not None and seconds < config.progress_s
         self.enabled = sys.stderr.isatty() and not short
 
     def __call__(self, step: str, completed: int | None = None, total: int | None = None, **_) -> None:

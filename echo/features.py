@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +21,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from echo.errors import CacheMismatchError, ConfigError, EchoError
+from echo.config import check_fields, need, rule
+from echo.errors import CacheMismatchError, EchoError
 
 __all__ = ["FrontEnd", "FeatureCache", "build_feature_cache", "frame_labels", "phone_inventory"]
 
@@ -36,22 +37,20 @@ class FrontEnd:
     Defaults: 25 ms Hann window, 10 ms hop (100 frames/s), 80 mel bins over 20-7600 Hz.
     """
 
-    sample_rate: int = 16_000
-    n_fft: int = 512
-    win_length: int = 400
-    hop_length: int = 160
-    n_mels: int = 80
-    f_min: float = 20.0
+    sample_rate: int = field(default=16_000, metadata=rule(ge=1))
+    n_fft: int = field(default=512, metadata=rule(ge=1))
+    win_length: int = field(default=400, metadata=rule(ge=1))
+    hop_length: int = field(default=160, metadata=rule(ge=1))
+    n_mels: int = field(default=80, metadata=rule(ge=1))
+    f_min: float = field(default=20.0, metadata=rule(ge=0))
     f_max: float = 7600.0
-    log_floor: float = 1e-6
+    log_floor: float = field(default=1e-6, metadata=rule(gt=0))
 
     def __post_init__(self) -> None:
-        if self.win_length > self.n_fft:
-            raise ConfigError(f"features.win_length: expected <= n_fft ({self.n_fft}), got {self.win_length}")
-        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
-            raise ConfigError(f"features.f_max: expected f_min < f_max <= {self.sample_rate / 2}, got {self.f_min}..{self.f_max}")
-        if self.hop_length <= 0 or self.n_mels <= 0:
-            raise ConfigError("features.hop_length/n_mels: expected positive integers")
+        check_fields(self)
+        need(self, self.win_length <= self.n_fft, "win_length", f"<= n_fft ({self.n_fft})", self.win_length)
+        need(self, self.f_min < self.f_max <= self.sample_rate / 2, "f_max",
+             f"f_min < f_max <= {self.sample_rate / 2}", (self.f_min, self.f_max))
 
     @property
     def frame_rate(self) -> float:

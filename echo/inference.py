@@ -4,7 +4,7 @@ Decoding is done block by block so that an hour-long file never exists in memory
 rate and channel count (an hour of 48 kHz stereo float32 is 1.4 GB; the same hour as 16 kHz mono
 float32 is 230 MB):
 
-- WAV/FLAC/OGG/AIFF (soundfile, seekable): blocks of ``block_seconds`` are read, mixed to mono and
+- WAV/FLAC/OGG/AIFF (soundfile, seekable): blocks of ``block_s`` are read, mixed to mono and
   resampled with torchaudio's sinc resampler. Each block is resampled with a context margin on
   both sides at a sample offset where both rates align, so the concatenated blocks equal
   :func:`echo.audio.load` on the whole file (to float rounding).
@@ -20,7 +20,7 @@ line naming the file.
 
 Also the one chunked encoder of long signals (:func:`iter_latents`, :func:`encode_long`; the
 diarizer, its back end and the CLI use it), so the encoder's attention never sees more than
-``chunk_seconds`` of audio at once and the log-mel of a block is computed from the samples it needs.
+``chunk_s`` of audio at once and the log-mel of a block is computed from the samples it needs.
 
 Progress is reported through a ``hook(step, completed=..., total=...)`` the caller passes (the CLI
 draws bars with it); nothing here draws on the terminal.
@@ -55,28 +55,28 @@ class InferenceConfig:
     """How long recordings are read and encoded.
 
     Attributes:
-        block_seconds: audio decoded per block while streaming (> 0). Bounds decoder memory.
-        chunk_seconds: audio the encoder sees at once (> 0); attention cost grows with its square.
-        context_seconds: extra audio encoded on each side of a chunk and then dropped (>= 0), so
+        block_s: audio decoded per block while streaming (> 0). Bounds decoder memory.
+        chunk_s: audio the encoder sees at once (> 0); attention cost grows with its square.
+        context_s: extra audio encoded on each side of a chunk and then dropped (>= 0), so
             tokens near chunk edges still see context.
         silence_dbfs: a recording whose peak is below this level (dB full scale, < 0) is treated
             as silent: no speakers, no phones.
-        progress_seconds: the CLI shows progress bars for inputs longer than this (>= 0) when
+        progress_s: the CLI shows progress bars for inputs longer than this (>= 0) when
             stderr is a terminal.
     """
 
-    block_seconds: float = 60.0
-    chunk_seconds: float = 30.0
-    context_seconds: float = 4.0
+    block_s: float = 60.0
+    chunk_s: float = 30.0
+    context_s: float = 4.0
     silence_dbfs: float = -70.0
-    progress_seconds: float = 120.0
+    progress_s: float = 120.0
 
     def __post_init__(self) -> None:
-        for name in ("block_seconds", "chunk_seconds"):
+        for name in ("block_s", "chunk_s"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0):
                 raise ConfigError(f"inference.{name}: expected seconds > 0, got {v!r}")
-        for name in ("context_seconds", "progress_seconds"):
+        for name in ("context_s", "progress_s"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0):
                 raise ConfigError(f"inference.{name}: expected seconds >= 0, got {v!r}")
@@ -155,20 +155,20 @@ def _check_riff_data(path: Path) -> None:
             pos += 8 + clen + (clen & 1)  # chunks are word-aligned
 
 
-def stream(src: AudioSource, block_seconds: float = 60.0) -> Iterator[np.ndarray]:
-    """Yield consecutive 16 kHz mono float32 blocks of ``src`` (about ``block_seconds`` each).
+def stream(src: AudioSource, block_s: float = 60.0) -> Iterator[np.ndarray]:
+    """Yield consecutive 16 kHz mono float32 blocks of ``src`` (about ``block_s`` each).
 
     Raises:
         AudioError: non-finite samples, or the stream ends well before the header says.
     """
-    blocks = _stream_soundfile(src, block_seconds) if src.backend == "soundfile" else _stream_ffmpeg(src, block_seconds)
+    blocks = _stream_soundfile(src, block_s) if src.backend == "soundfile" else _stream_ffmpeg(src, block_s)
     for x in blocks:
         if not np.isfinite(x).all():
             raise AudioError(f"{src.path}: contains NaN or infinite samples")
         yield x
 
 
-def _stream_soundfile(src: AudioSource, block_seconds: float) -> Iterator[np.ndarray]:
+def _stream_soundfile(src: AudioSource, block_s: float) -> Iterator[np.ndarray]:
     import soundfile as sf
 
     sr = src.sample_rate
@@ -176,7 +176,7 @@ def _stream_soundfile(src: AudioSource, block_seconds: float) -> Iterator[np.nda
     # samples), with a margin of context on each side, so that block edges are seamless.
     unit = sr // math.gcd(sr, SAMPLE_RATE)
     out_unit = SAMPLE_RATE * unit // sr
-    block = max(1, round(block_seconds * sr / unit)) * unit
+    block = max(1, round(block_s * sr / unit)) * unit
     margin = 0 if sr == SAMPLE_RATE else max(1, math.ceil(0.05 * sr / unit)) * unit
     total = int(round(src.duration * sr))
     start = 0
@@ -203,7 +203,7 @@ def _stream_soundfile(src: AudioSource, block_seconds: float) -> Iterator[np.nda
                          f"({_first_line(e)})") from None
 
 
-def _stream_ffmpeg(src: AudioSource, block_seconds: float) -> Iterator[np.ndarray]:
+def _stream_ffmpeg(src: AudioSource, block_s: float) -> Iterator[np.ndarray]:
     # Decoded whole, with FFmpeg converting to 16 kHz mono as it goes (230 MB per hour of audio):
     # time-range decoding is not seamless for AAC (a range that starts inside a frame seeks and
     # resets the decoder), and compressed files are small enough on disk to be this long rarely.
@@ -220,7 +220,7 @@ def _stream_ffmpeg(src: AudioSource, block_seconds: float) -> Iterator[np.ndarra
     if src.duration > 0 and got / SAMPLE_RATE < 0.98 * src.duration - 0.5:
         raise AudioError(f"{src.path}: truncated, audio ends at {got / SAMPLE_RATE:.1f} s, "
                          f"header says {src.duration:.1f} s")
-    step = max(1, round(block_seconds * SAMPLE_RATE))
+    step = max(1, round(block_s * SAMPLE_RATE))
     for i in range(0, got, step):
         yield x[i:i + step].astype(np.float32, copy=False)
 
@@ -236,7 +236,7 @@ def read_all(src: AudioSource, config: InferenceConfig = InferenceConfig(), hook
         hook: progress callback ``hook("decode", completed=seconds decoded, total=seconds)``.
     """
     parts, done = [], 0
-    for x in stream(src, config.block_seconds):
+    for x in stream(src, config.block_s):
         parts.append(x)
         done += len(x)
         if hook is not None:

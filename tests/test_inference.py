@@ -25,7 +25,7 @@ def test_streamed_blocks_equal_whole_file_load(tmp_path, sr, channels):
     sf.write(p, _noise(sr, 2.3, channels), sr, subtype="PCM_24")
     src = probe(p)
     assert (src.sample_rate, src.channels) == (sr, channels)
-    blocks = list(stream(src, block_seconds=0.3))  # many blocks, boundaries inside the signal
+    blocks = list(stream(src, block_s=0.3))  # many blocks, boundaries inside the signal
     assert len(blocks) >= 7
     y = np.concatenate(blocks)
     ref = audio.load(p)
@@ -43,7 +43,7 @@ def test_compressed_stream_is_16k_mono_and_matches_whole_decode(tmp_path, ext, c
     subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(wav), "-c:a", codec, str(p)], check=True)
     src = probe(p)
     assert src.backend == "ffmpeg" and src.sample_rate == 44100
-    y = np.concatenate(list(stream(src, block_seconds=0.5)))  # blocks of one whole decode
+    y = np.concatenate(list(stream(src, block_s=0.5)))  # blocks of one whole decode
     from torchcodec.decoders import AudioDecoder
 
     whole = AudioDecoder(str(p), sample_rate=16000, num_channels=1).get_all_samples().data.numpy()[0]
@@ -54,7 +54,7 @@ def test_compressed_stream_is_16k_mono_and_matches_whole_decode(tmp_path, ext, c
 def test_read_all_matches_stream(tmp_path):
     p = tmp_path / "a.wav"
     sf.write(p, _noise(22050, 1.7), 22050)
-    cfg = InferenceConfig(block_seconds=0.4)
+    cfg = InferenceConfig(block_s=0.4)
     np.testing.assert_array_equal(read_all(probe(p), cfg), np.concatenate(list(stream(probe(p), 0.4))))
 
 
@@ -126,12 +126,12 @@ def test_read_all_reports_decoded_seconds(tmp_path):
     p = tmp_path / "a.wav"
     sf.write(p, _noise(16000, 2.0), 16000)
     seen = []
-    read_all(probe(p), InferenceConfig(block_seconds=0.5), hook=lambda step, completed, total: seen.append((step, completed, total)))
+    read_all(probe(p), InferenceConfig(block_s=0.5), hook=lambda step, completed, total: seen.append((step, completed, total)))
     assert [s[0] for s in seen] == ["decode"] * 4 and seen[-1][1:] == (2, 2)
 
 
 def test_config_ranges():
-    with pytest.raises(ConfigError, match="inference.chunk_seconds"):
-        InferenceConfig(chunk_seconds=0)
+    with pytest.raises(ConfigError, match="inference.chunk_s"):
+        InferenceConfig(chunk_s=0)
     with pytest.raises(ConfigError, match="inference.silence_dbfs"):
         InferenceConfig(silence_dbfs=3.0)

@@ -28,10 +28,11 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from echo.config import check_fields, need, rule
 from echo.errors import ConfigError, EchoError
 from echo.io import write_text
 
@@ -66,14 +67,12 @@ class DownloadItem:
     filename: str = ""
 
     def __post_init__(self) -> None:
-        if not re.match(r"^https?://", self.url):
-            raise ConfigError(f"acquire.downloads.url: expected an http(s) URL, got {self.url!r}")
+        need(self, bool(re.match(r"^https?://", self.url)), "url", "an http(s) URL", self.url)
         object.__setattr__(self, "sha256", self.sha256.strip().lower())
-        if self.sha256 and not _HEX64.match(self.sha256):
-            raise ConfigError(f"acquire.downloads.sha256: expected 64 hex digits, got {self.sha256!r}")
+        need(self, not self.sha256 or bool(_HEX64.match(self.sha256)), "sha256", "64 hex digits", self.sha256)
         name = self.filename or Path(urllib.request.url2pathname(self.url.split("?")[0])).name
-        if not name or "/" in name or "\\" in name or name in (".", ".."):
-            raise ConfigError(f"acquire.downloads.filename: expected a plain file name, got {name!r}")
+        need(self, bool(name) and "/" not in name and "\\" not in name and name not in (".", ".."), "filename",
+             "a plain file name", name)
         object.__setattr__(self, "filename", name)
 
 
@@ -99,9 +98,9 @@ class AcquireConfig:
     password: str = ""
     username_env: str = "ECHO_DATA_USER"
     password_env: str = "ECHO_DATA_PASSWORD"
-    retries: int = 5
-    backoff_s: float = 2.0
-    timeout_s: float = 60.0
+    retries: int = field(default=5, metadata=rule(ge=0, le=100))
+    backoff_s: float = field(default=2.0, metadata=rule(ge=0, le=600))
+    timeout_s: float = field(default=60.0, metadata=rule(gt=0, le=3600))
     extract: bool = True
     delete_archives: bool = False
 
@@ -110,14 +109,8 @@ class AcquireConfig:
                       for d in self.downloads)
         object.__setattr__(self, "downloads", items)
         names = [d.filename for d in items]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"acquire.downloads.filename: expected unique names, got {names}")
-        if not (isinstance(self.retries, int) and 0 <= self.retries <= 100):
-            raise ConfigError(f"acquire.retries: expected an integer in [0, 100], got {self.retries!r}")
-        if not 0 <= self.backoff_s <= 600:
-            raise ConfigError(f"acquire.backoff_s: expected a number in [0, 600], got {self.backoff_s!r}")
-        if not 0 < self.timeout_s <= 3600:
-            raise ConfigError(f"acquire.timeout_s: expected a number in (0, 3600], got {self.timeout_s!r}")
+        need(self, len(set(names)) == len(names), "downloads", "unique file names", names)
+        check_fields(self)
 
     def credentials(self) -> tuple[str, str] | None:
         user = self.username or os.environ.get(self.username_env, "")

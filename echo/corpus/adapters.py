@@ -43,12 +43,13 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from echo import audio
+from echo.config import check_fields, need, rule
 from echo.corpus import manifest
 from echo.corpus.acquire import SOURCES, AcquireConfig, acquire
 from echo.errors import AudioError, ConfigError, EchoError
@@ -90,56 +91,36 @@ class RealCorpusConfig:
         trim_top_db: speech frames are within this many dB of the loudest frame, (0, 120].
         trim_floor_db: and above this absolute level in dBFS, [-120, 0).
         workers: decoding threads, [1, 64].
-        progress: show a progress bar (only on a terminal).
         acquire: download settings (none: the root must already hold the corpus).
     """
 
-    source: str = "librispeech"
+    source: Literal[SOURCES] = "librispeech"
     root: str = ""
-    dev_fraction: float = 0.05
-    test_fraction: float = 0.05
+    dev_fraction: float = field(default=0.05, metadata=rule(ge=0.0, le=0.5))
+    test_fraction: float = field(default=0.05, metadata=rule(ge=0.0, le=0.5))
     split_salt: str = "echo"
     official_splits: bool = True
     subset_splits: tuple[tuple[str, str], ...] = (("train-*", "train"), ("dev-*", "dev"), ("test-*", "test"))
     subsets: tuple[str, ...] = ()
-    max_speakers: int | None = None
-    max_utts_per_speaker: int | None = None
-    phonemes: str = "auto"
+    max_speakers: int | None = field(default=None, metadata=rule(ge=1))
+    max_utts_per_speaker: int | None = field(default=None, metadata=rule(ge=1))
+    phonemes: Literal["auto", "library", "cli", "none"] = "auto"
     g2p_voice: str = "en-us"
-    trim_top_db: float = 40.0
-    trim_floor_db: float = -60.0
-    workers: int = 1
-    progress: bool = True
+    trim_top_db: float = field(default=40.0, metadata=rule(gt=0, le=120))
+    trim_floor_db: float = field(default=-60.0, metadata=rule(ge=-120, lt=0))
+    workers: int = field(default=1, metadata=rule(ge=1, le=64))
     acquire: AcquireConfig = field(default_factory=AcquireConfig)
 
     def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise ConfigError(f"real_corpus.source: expected one of {SOURCES}, got {self.source!r}")
-        for key in ("dev_fraction", "test_fraction"):
-            v = getattr(self, key)
-            if not (isinstance(v, (int, float)) and 0.0 <= v <= 0.5):
-                raise ConfigError(f"real_corpus.{key}: expected a number in [0, 0.5], got {v!r}")
         pairs = self.subset_splits.items() if isinstance(self.subset_splits, dict) else self.subset_splits
         pairs = tuple((str(p), str(s)) for p, s in pairs)
         bad = [s for _, s in pairs if s not in manifest.SPLITS]
-        if bad:
-            raise ConfigError(f"real_corpus.subset_splits: expected splits in {manifest.SPLITS}, got {bad[0]!r}")
+        need(self, not bad, "subset_splits", f"splits in {manifest.SPLITS}", bad[0] if bad else None)
         object.__setattr__(self, "subset_splits", pairs)
         object.__setattr__(self, "subsets", tuple(self.subsets))
-        for key in ("max_speakers", "max_utts_per_speaker"):
-            v = getattr(self, key)
-            if v is not None and not (isinstance(v, int) and v >= 1):
-                raise ConfigError(f"real_corpus.{key}: expected null or an integer >= 1, got {v!r}")
-        if self.phonemes not in ("auto", "library", "cli", "none"):
-            raise ConfigError(f"real_corpus.phonemes: expected auto|library|cli|none, got {self.phonemes!r}")
-        if not 0 < self.trim_top_db <= 120:
-            raise ConfigError(f"real_corpus.trim_top_db: expected a number in (0, 120], got {self.trim_top_db!r}")
-        if not -120 <= self.trim_floor_db < 0:
-            raise ConfigError(f"real_corpus.trim_floor_db: expected a number in [-120, 0), got {self.trim_floor_db!r}")
-        if not (isinstance(self.workers, int) and 1 <= self.workers <= 64):
-            raise ConfigError(f"real_corpus.workers: expected an integer in [1, 64], got {self.workers!r}")
         if isinstance(self.acquire, dict):
             object.__setattr__(self, "acquire", AcquireConfig(**self.acquire))
+        check_fields(self)
 
 
 class _File(NamedTuple):

@@ -26,19 +26,20 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from echo.config import check_fields, need, rule
 from echo.audio import SAMPLE_RATE, resample, write_flac
 from echo.corpus import manifest
 from echo.corpus.espeak import phone_segments, synthesize
 from echo.corpus.manifest import SILENCE
 from echo.corpus.speakers import EQ_BANDS_HZ, ChannelColour, SpeakerIdentity, sample_identities
 from echo.corpus.texts import generate_sentences
-from echo.errors import ConfigError, EchoError
+from echo.errors import EchoError
 from echo.io import atomic_dir, write_json, write_parquet
 from echo.progress import Hook, track
 
@@ -70,32 +71,21 @@ class EmbeddedCorpusConfig:
         processes: worker processes synthesising speakers in parallel (results do not depend on it).
     """
 
-    seed: int = 0
-    n_train_speakers: int = 200
-    n_dev_speakers: int = 20
-    n_test_speakers: int = 20
-    utts_per_speaker: int = 8
-    min_words: int = 5
-    max_words: int = 14
-    min_pad_s: float = 0.05
-    max_pad_s: float = 0.30
-    processes: int = 2
+    seed: int = field(default=0, metadata=rule(ge=0))
+    n_train_speakers: int = field(default=200, metadata=rule(ge=1, le=5000))
+    n_dev_speakers: int = field(default=20, metadata=rule(ge=0, le=5000))
+    n_test_speakers: int = field(default=20, metadata=rule(ge=0, le=5000))
+    utts_per_speaker: int = field(default=8, metadata=rule(ge=1, le=1000))
+    min_words: int = field(default=5, metadata=rule(ge=3, le=40))
+    max_words: int = field(default=14, metadata=rule(ge=3, le=40))
+    min_pad_s: float = field(default=0.05, metadata=rule(ge=0.0, le=2.0))
+    max_pad_s: float = field(default=0.30, metadata=rule(ge=0.0, le=2.0))
+    processes: int = field(default=2, metadata=rule(ge=1, le=64))
 
     def __post_init__(self):
-        def need(ok: bool, key: str, expected: str, got) -> None:
-            if not ok:
-                raise ConfigError(f"corpus.embedded.{key}: expected {expected}, got {got!r}")
-
-        need(isinstance(self.seed, int) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
-        need(1 <= self.n_train_speakers <= 5000, "n_train_speakers", "1..5000", self.n_train_speakers)
-        need(0 <= self.n_dev_speakers <= 5000, "n_dev_speakers", "0..5000", self.n_dev_speakers)
-        need(0 <= self.n_test_speakers <= 5000, "n_test_speakers", "0..5000", self.n_test_speakers)
-        need(1 <= self.utts_per_speaker <= 1000, "utts_per_speaker", "1..1000", self.utts_per_speaker)
-        need(3 <= self.min_words <= 40, "min_words", "3..40", self.min_words)
-        need(self.min_words <= self.max_words <= 40, "max_words", f"{self.min_words}..40", self.max_words)
-        need(0.0 <= self.min_pad_s <= 2.0, "min_pad_s", "0..2 seconds", self.min_pad_s)
-        need(self.min_pad_s <= self.max_pad_s <= 2.0, "max_pad_s", f"{self.min_pad_s}..2 seconds", self.max_pad_s)
-        need(1 <= self.processes <= 64, "processes", "1..64", self.processes)
+        check_fields(self)
+        need(self, self.min_words <= self.max_words, "max_words", f">= min_words ({self.min_words})", self.max_words)
+        need(self, self.min_pad_s <= self.max_pad_s, "max_pad_s", f">= min_pad_s ({self.min_pad_s})", self.max_pad_s)
 
     @property
     def n_speakers(self) -> int:

@@ -20,12 +20,14 @@ O(max_windows^2 + T * clusters). VBx afterwards refines every window's assignmen
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
+from echo.config import check_fields, need, rule
 from echo.errors import ConfigError
 
 __all__ = ["AHCConfig", "ahc_cluster", "nearest_centroid", "relabel_by_appearance"]
@@ -48,23 +50,15 @@ class AHCConfig:
             nearest cluster centroid (integer >= 2, or None = all windows: quadratic memory).
     """
 
-    metric: str = "cosine"
-    linkage: str = "average"
-    threshold: float = 0.3
-    max_windows: int | None = 2000
+    metric: Literal[_METRICS] = "cosine"
+    linkage: Literal[_LINKAGES] = "average"
+    threshold: float = field(default=0.3, metadata=rule(finite=True))
+    max_windows: int | None = field(default=2000, metadata=rule(ge=2))
 
     def __post_init__(self):
-        if self.metric not in _METRICS:
-            raise ConfigError(f"ahc.metric: expected one of {_METRICS}, got {self.metric!r}")
-        if self.linkage not in _LINKAGES:
-            raise ConfigError(f"ahc.linkage: expected one of {_LINKAGES}, got {self.linkage!r}")
-        if not isinstance(self.threshold, (int, float)):
-            raise ConfigError(f"ahc.threshold: expected a number, got {self.threshold!r}")
-        if self.metric == "cosine" and not -1.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"ahc.threshold: expected a cosine in [-1, 1] for metric cosine, got {self.threshold!r}")
-        if self.max_windows is not None and (isinstance(self.max_windows, bool) or not isinstance(self.max_windows, int)
-                                             or self.max_windows < 2):
-            raise ConfigError(f"ahc.max_windows: expected an integer >= 2 or null, got {self.max_windows!r}")
+        check_fields(self)
+        need(self, self.metric != "cosine" or -1.0 <= self.threshold <= 1.0, "threshold",
+             "a cosine in [-1, 1] for metric cosine", self.threshold)
 
 
 def relabel_by_appearance(labels: np.ndarray) -> np.ndarray:

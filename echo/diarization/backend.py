@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
+from echo.config import check_fields, rule
 from echo.diarization.diarizer import DiarizerConfig, reference_activity
 from echo.diarization.plda import PLDA, PLDAConfig
-from echo.errors import ConfigError, EchoError
+from echo.errors import EchoError
 from echo.inference import encode_long
 
 __all__ = ["BackendConfig", "conversation_latents", "conversation_split", "fit_backend"]
@@ -40,17 +41,12 @@ class BackendConfig:
     """
 
     plda: PLDAConfig = PLDAConfig()
-    step_s: float = 2.5
-    max_per_speaker: int = 100
-    batch_size: int = 64
+    step_s: float = field(default=2.5, metadata=rule(gt=0, finite=True))
+    max_per_speaker: int = field(default=100, metadata=rule(ge=2))
+    batch_size: int = field(default=64, metadata=rule(ge=1))
 
     def __post_init__(self):
-        if not (isinstance(self.step_s, (int, float)) and math.isfinite(self.step_s) and self.step_s > 0):
-            raise ConfigError(f"backend.step_s: expected finite seconds > 0, got {self.step_s!r}")
-        for name, lo in (("max_per_speaker", 2), ("batch_size", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ConfigError(f"backend.{name}: expected an integer >= {lo}, got {v!r}")
+        check_fields(self)
 
 
 def conversation_latents(encoder, frontend, conversations, diarizer: DiarizerConfig = DiarizerConfig(),

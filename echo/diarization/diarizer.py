@@ -44,6 +44,7 @@ import torch
 from pyannote.core import Annotation, Segment
 from scipy.optimize import linear_sum_assignment
 
+from echo.config import check_fields, need, rule
 from echo.diarization.ahc import AHCConfig
 from echo.diarization.plda import PLDA
 from echo.diarization.vbx import VBxConfig, vbx_cluster
@@ -59,15 +60,6 @@ log = logging.getLogger(__name__)
 
 # the deployable folder: the model bundle's files (echo.models.bundle.BUNDLE_FILE, component_file) plus these two
 MODEL_FILES = {"plda": "plda.npz", "config": "diarizer.json"}
-
-
-def _need(ok: bool, key: str, expected: str, value) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-
-
-def _finite_pos(v, allow_zero: bool = False) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
 
 
 @dataclass(frozen=True)
@@ -86,25 +78,19 @@ class DiarizerConfig:
         batch_chunks: segmentation chunks per head batch (>= 1).
     """
 
-    chunk_s: float = 30.0
-    context_s: float = 4.0
-    segment_s: float = 1.5
-    segment_step_s: float = 0.5
-    min_embed_s: float = 0.4
+    chunk_s: float = field(default=30.0, metadata=rule(gt=0, finite=True))
+    context_s: float = field(default=4.0, metadata=rule(ge=0, finite=True))
+    segment_s: float = field(default=1.5, metadata=rule(gt=0, finite=True))
+    segment_step_s: float = field(default=0.5, metadata=rule(gt=0, finite=True))
+    min_embed_s: float = field(default=0.4, metadata=rule(ge=0, finite=True))
     ahc: AHCConfig = AHCConfig()
     vbx: VBxConfig = VBxConfig(loopP=0.0)
-    batch_chunks: int = 32
+    batch_chunks: int = field(default=32, metadata=rule(ge=1))
 
     def __post_init__(self):
-        p = "diarizer"
-        _need(_finite_pos(self.chunk_s), f"{p}.chunk_s", "finite seconds > 0", self.chunk_s)
-        _need(_finite_pos(self.context_s, True), f"{p}.context_s", "finite seconds >= 0", self.context_s)
-        _need(_finite_pos(self.segment_s), f"{p}.segment_s", "finite seconds > 0", self.segment_s)
-        _need(_finite_pos(self.segment_step_s) and self.segment_step_s <= self.segment_s, f"{p}.segment_step_s",
-              f"seconds in (0, segment_s={self.segment_s}]", self.segment_step_s)
-        _need(_finite_pos(self.min_embed_s, True), f"{p}.min_embed_s", "finite seconds >= 0", self.min_embed_s)
-        _need(isinstance(self.batch_chunks, int) and not isinstance(self.batch_chunks, bool) and self.batch_chunks >= 1,
-              f"{p}.batch_chunks", "an integer >= 1", self.batch_chunks)
+        check_fields(self)
+        need(self, self.segment_step_s <= self.segment_s, "segment_step_s", f"seconds in (0, segment_s={self.segment_s}]",
+             self.segment_step_s)
 
 
 # --- audio and encoding ------------------------------------------------------------------------

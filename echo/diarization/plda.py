@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.linalg import eigh
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-from echo.errors import CacheMismatchError, ConfigError, EchoError
+from echo.config import check_fields, rule
+from echo.errors import CacheMismatchError, EchoError
 from echo.io import atomic_path
 
 __all__ = ["PLDAConfig", "PLDA", "length_norm"]
@@ -41,14 +42,11 @@ class PLDAConfig:
             diagonalisation (>= 0), for numerical safety.
     """
 
-    lda_dim: int = 128
-    within_ridge: float = 1e-6
+    lda_dim: int = field(default=128, metadata=rule(ge=2))
+    within_ridge: float = field(default=1e-6, metadata=rule(ge=0))
 
     def __post_init__(self):
-        if not (isinstance(self.lda_dim, int) and self.lda_dim >= 2):
-            raise ConfigError(f"plda.lda_dim: expected an integer >= 2, got {self.lda_dim!r}")
-        if not (isinstance(self.within_ridge, (int, float)) and self.within_ridge >= 0):
-            raise ConfigError(f"plda.within_ridge: expected a number >= 0, got {self.within_ridge!r}")
+        check_fields(self)
 
 
 def length_norm(x: np.ndarray) -> np.ndarray:

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import softmax
 
+from echo.config import check_fields, rule
 from echo.diarization.ahc import AHCConfig, ahc_cluster
-from echo.errors import ConfigError, EchoError
+from echo.errors import EchoError
 
 __all__ = ["VBxConfig", "VBxResult", "Clustering", "vbx", "smooth_labels", "vbx_cluster"]
 
@@ -55,30 +56,17 @@ class VBxConfig:
         min_speaker_prior: speakers whose final pi falls below this are pruned, in [0, 1).
     """
 
-    Fa: float = 0.3
-    Fb: float = 17.0
-    loopP: float = 0.99
-    init_smoothing: float = 5.0
-    max_iters: int = 40
-    epsilon: float = 1e-6
-    dim: int | None = 128
-    min_speaker_prior: float = 1e-3
+    Fa: float = field(default=0.3, metadata=rule(gt=0))
+    Fb: float = field(default=17.0, metadata=rule(gt=0))
+    loopP: float = field(default=0.99, metadata=rule(ge=0, lt=1))
+    init_smoothing: float = field(default=5.0, metadata=rule(gt=0))
+    max_iters: int = field(default=40, metadata=rule(ge=1))
+    epsilon: float = field(default=1e-6, metadata=rule(ge=0))
+    dim: int | None = field(default=128, metadata=rule(ge=1))
+    min_speaker_prior: float = field(default=1e-3, metadata=rule(ge=0, lt=1))
 
     def __post_init__(self):
-        for name in ("Fa", "Fb", "init_smoothing"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v > 0):
-                raise ConfigError(f"vbx.{name}: expected a number > 0, got {v!r}")
-        if not (isinstance(self.loopP, (int, float)) and 0.0 <= self.loopP < 1.0):
-            raise ConfigError(f"vbx.loopP: expected a number in [0, 1), got {self.loopP!r}")
-        if not (isinstance(self.max_iters, int) and self.max_iters >= 1):
-            raise ConfigError(f"vbx.max_iters: expected an integer >= 1, got {self.max_iters!r}")
-        if not (isinstance(self.epsilon, (int, float)) and self.epsilon >= 0):
-            raise ConfigError(f"vbx.epsilon: expected a number >= 0, got {self.epsilon!r}")
-        if self.dim is not None and not (isinstance(self.dim, int) and self.dim >= 1):
-            raise ConfigError(f"vbx.dim: expected an integer >= 1 or null, got {self.dim!r}")
-        if not (isinstance(self.min_speaker_prior, (int, float)) and 0.0 <= self.min_speaker_prior < 1.0):
-            raise ConfigError(f"vbx.min_speaker_prior: expected a number in [0, 1), got {self.min_speaker_prior!r}")
+        check_fields(self)
 
 
 @dataclass

@@ -28,17 +28,6 @@ from echo.errors import EchoError
 
 __all__ = ["ModelParts", "model_parts", "encode_batch", "device_of"]
 
-# Attribute names tried in order on a bundle (the bundle's own names come first).
-_NAMES = {
-    "encoder": ("encoder",),
-    "speaker": ("speaker", "speaker_head"),
-    "ctc": ("ctc", "ctc_head", "phonetic"),
-    "ctc_vq": ("ctc_vq", "vq_ctc", "vq_ctc_head"),
-    "router": ("router", "routing"),
-    "segmentation": ("segmentation",),
-}
-
-
 @dataclass
 class ModelParts:
     """The pieces of a model that evaluation uses (absent heads are None).
@@ -47,7 +36,7 @@ class ModelParts:
         encoder: the shared encoder: raw log-mel ``(B, T, n_mels)`` -> ``EncoderOutput``.
         speaker: speaker head ``(latents, mask) -> (B, E)`` unit-norm embeddings, or None.
         ctc: continuous CTC head ``(latents, mask) -> CTCOutput``, or None.
-        ctc_vq: CTC head through the VQ bottleneck, or None.
+        vq_ctc: CTC head through the VQ bottleneck, or None.
         router: source router ``(latents, mask) -> RouterOutput``, or None.
         segmentation: local speaker segmentation ``(latents, mask) -> powerset logits``, or None.
     """
@@ -55,7 +44,7 @@ class ModelParts:
     encoder: nn.Module
     speaker: nn.Module | None = None
     ctc: nn.Module | None = None
-    ctc_vq: nn.Module | None = None
+    vq_ctc: nn.Module | None = None
     router: nn.Module | None = None
     segmentation: nn.Module | None = None
 
@@ -64,18 +53,16 @@ class ModelParts:
         return device_of(self.encoder)
 
     def eval(self) -> "ModelParts":
-        for m in (self.encoder, self.speaker, self.ctc, self.ctc_vq, self.router, self.segmentation):
+        for m in (self.encoder, self.speaker, self.ctc, self.vq_ctc, self.router, self.segmentation):
             if m is not None:
                 m.eval()
         return self
 
 
-def _find(model: Any, key: str):
-    for name in _NAMES[key]:
-        m = getattr(model, name, None)
-        if isinstance(m, nn.Module):
-            return m
-    return None
+def _find(model: Any, name: str):
+    # ModelParts' fields are the bundle's component names, so one getattr finds each part
+    m = getattr(model, name, None)
+    return m if isinstance(m, nn.Module) else None
 
 
 def model_parts(model: Any) -> ModelParts:
@@ -96,10 +83,10 @@ def model_parts(model: Any) -> ModelParts:
     enc = _find(model, "encoder")
     if enc is None:
         raise EchoError(f"evaluate: {type(model).__name__} has no 'encoder' module; expected an Encoder or a model bundle")
-    ctc, ctc_vq = _find(model, "ctc"), _find(model, "ctc_vq")
-    if ctc is not None and ctc_vq is None and getattr(ctc, "vq", None) is not None:
-        ctc, ctc_vq = None, ctc
-    return ModelParts(enc, _find(model, "speaker"), ctc, ctc_vq, _find(model, "router"),
+    ctc, vq_ctc = _find(model, "ctc"), _find(model, "vq_ctc")
+    if ctc is not None and vq_ctc is None and getattr(ctc, "vq", None) is not None:
+        ctc, vq_ctc = None, ctc
+    return ModelParts(enc, _find(model, "speaker"), ctc, vq_ctc, _find(model, "router"),
                       _find(model, "segmentation")).eval()
 
 

@@ -32,14 +32,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 import torch
 
+from echo.config import check_fields, rule
 from echo.corpus.manifest import SILENCE
-from echo.errors import ConfigError, EchoError
+from echo.errors import EchoError
 from echo.evaluate import ModelParts, encode_batch, model_parts
 from echo.heads.ctc import ctc_greedy_decode
 from echo.metrics.asr import phoneme_error_rate
@@ -71,25 +72,16 @@ class AbilityConfig:
 
     probe: ProbeConfig = ProbeConfig()
     trials: TrialsConfig = TrialsConfig()
-    max_speakers: int | None = None
-    max_utts_per_speaker: int = 20
-    max_tokens_per_utt: int = 40
-    batch_size: int = 16
-    content_layer: str = "hidden"
+    max_speakers: int | None = field(default=None, metadata=rule(ge=2))
+    max_utts_per_speaker: int = field(default=20, metadata=rule(ge=2))
+    max_tokens_per_utt: int = field(default=40, metadata=rule(ge=1))
+    batch_size: int = field(default=16, metadata=rule(ge=1))
+    content_layer: Literal[_CONTENT] = "hidden"
     bootstrap: BootstrapConfig = BootstrapConfig()
     seed: int = 0
 
     def __post_init__(self):
-        if self.max_speakers is not None and not (isinstance(self.max_speakers, int) and self.max_speakers >= 2):
-            raise ConfigError(f"abilities.max_speakers: expected an integer >= 2 or null, got {self.max_speakers!r}")
-        if not (isinstance(self.max_utts_per_speaker, int) and self.max_utts_per_speaker >= 2):
-            raise ConfigError(f"abilities.max_utts_per_speaker: expected an integer >= 2, got {self.max_utts_per_speaker!r}")
-        for name in ("max_tokens_per_utt", "batch_size"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and v >= 1):
-                raise ConfigError(f"abilities.{name}: expected an integer >= 1, got {v!r}")
-        if self.content_layer not in _CONTENT:
-            raise ConfigError(f"abilities.content_layer: expected one of {_CONTENT}, got {self.content_layer!r}")
+        check_fields(self)
 
 
 @dataclass
@@ -111,7 +103,7 @@ class Views:
     latent_frames: np.ndarray
     speaker_frames: np.ndarray
     content_frames: np.ndarray
-    hyps: dict[str, dict[str, list[str]]]  # head name ("ctc", "ctc_vq") -> utt_id -> decoded phones
+    hyps: dict[str, dict[str, list[str]]]  # head name ("ctc", "vq_ctc") -> utt_id -> decoded phones
 
 
 def _select(index, config: AbilityConfig) -> list[str]:
@@ -158,7 +150,7 @@ def extract_views(model: Any, cache, config: AbilityConfig = AbilityConfig(),
     spk_of = dict(zip(cache.index["utt_id"], cache.index["speaker"]))
     frames_of = dict(zip(cache.index["utt_id"], cache.index["num_frames"]))
     ids = sorted(ids, key=lambda u: (frames_of[u], u))  # batches of similar length
-    content_head = parts.ctc if parts.ctc is not None else parts.ctc_vq
+    content_head = parts.ctc if parts.ctc is not None else parts.vq_ctc
     inv = np.array(list(cache.inventory) + ["<unk>"], dtype=object)  # label -1 -> "<unk>"
     p = parts.encoder.cfg.patch_frames
     rng = np.random.default_rng(config.seed)
@@ -176,7 +168,7 @@ def extract_views(model: Any, cache, config: AbilityConfig = AbilityConfig(),
         if content_head is not None:
             cont = _ctc_representation(content_head, lat, mask, config.content_layer).float()
             acc["cu"].append(_masked_mean(cont, mask).cpu())
-        for name, head in (("ctc", parts.ctc), ("ctc_vq", parts.ctc_vq)):
+        for name, head in (("ctc", parts.ctc), ("vq_ctc", parts.vq_ctc)):
             if head is not None:
                 out = head(lat, mask)
                 for u, h in zip(batch, ctc_greedy_decode(out.log_probs, out.lengths)):
@@ -304,12 +296,12 @@ def measure_abilities(model: Any, cache, config: AbilityConfig = AbilityConfig()
     if views is None:
         views = extract_views(parts, cache, config)
     out = abilities_from_views(views, config)
-    for name, key in (("ctc", "per"), ("ctc_vq", "per_vq")):
+    for name, key in (("ctc", "per"), ("vq_ctc", "per_vq")):
         r = _per(views.hyps[name], cache, references, config.bootstrap) if name in views.hyps else \
             {"per": math.nan, "ci_low": math.nan, "ci_high": math.nan}
         out[key], out[f"{key}_ci_low"], out[f"{key}_ci_high"] = r["per"], r["ci_low"], r["ci_high"]
     out.update(has_speaker_head=int(parts.speaker is not None), has_ctc_head=int(parts.ctc is not None),
-               has_vq_head=int(parts.ctc_vq is not None), has_router=int(parts.router is not None),
+               has_vq_head=int(parts.vq_ctc is not None), has_router=int(parts.router is not None),
                wall_s=time.perf_counter() - t0)
     log.info("abilities: speaker-ID %.3f/%.3f, phone %.3f/%.3f, gap %.1f pts, EER %.3f, PER %.3f",
              out["speaker_id_acc_speaker_view"], out["speaker_id_acc_content_view"], out["phone_acc_content_view"],

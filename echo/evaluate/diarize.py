@@ -12,15 +12,16 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from echo.config import check_fields, rule, rule_of
 from echo.diarization.backend import conversation_split
 from echo.diarization.diarizer import Diarizer, DiarizerConfig
 from echo.diarization.vbx import VBxConfig
-from echo.errors import ConfigError, EchoError
+from echo.errors import EchoError
 from echo.metrics.bootstrap import BootstrapConfig, bootstrap_ci
 from echo.metrics.der import PRIMARY, SECONDARY, score_diarization
 from echo.metrics.separation import speaker_count_accuracy
@@ -45,27 +46,16 @@ class TuneConfig:
     beats a sharp one); scores within 1e-4 of the best are ties, broken by grid order.
     """
 
-    Fa: tuple[float, ...] = (0.1, 0.3, 0.5)
-    Fb: tuple[float, ...] = (5.0, 17.0, 40.0)
-    loopP: tuple[float, ...] = (0.0,)
-    ahc_threshold: tuple[float, ...] = ()
-    max_recordings: int | None = None
+    Fa: tuple[float, ...] = field(default=(0.1, 0.3, 0.5), metadata=rule_of(VBxConfig, "Fa", nonempty=True))
+    Fb: tuple[float, ...] = field(default=(5.0, 17.0, 40.0), metadata=rule_of(VBxConfig, "Fb", nonempty=True))
+    loopP: tuple[float, ...] = field(default=(0.0,), metadata=rule_of(VBxConfig, "loopP", nonempty=True))
+    ahc_threshold: tuple[float, ...] = field(default=(), metadata=rule(finite=True))
+    max_recordings: int | None = field(default=None, metadata=rule(ge=1))
 
     def __post_init__(self):
-        object.__setattr__(self, "ahc_threshold", tuple(self.ahc_threshold))
-        for th in self.ahc_threshold:
-            if isinstance(th, bool) or not isinstance(th, (int, float)):
-                raise ConfigError(f"tune.ahc_threshold: expected a list of numbers, got {list(self.ahc_threshold)}")
-        for name in ("Fa", "Fb", "loopP"):
-            v = tuple(getattr(self, name))
-            object.__setattr__(self, name, v)  # YAML gives lists
-            if len(v) < 1:
-                raise ConfigError(f"tune.{name}: expected a non-empty list, got {list(v)}")
-        for fa, fb, lp in itertools.product(self.Fa, self.Fb, self.loopP):
-            VBxConfig(Fa=fa, Fb=fb, loopP=lp)
-        if self.max_recordings is not None and (isinstance(self.max_recordings, bool) or
-                                                not isinstance(self.max_recordings, int) or self.max_recordings < 1):
-            raise ConfigError(f"tune.max_recordings: expected an integer >= 1 or null, got {self.max_recordings!r}")
+        for name in ("Fa", "Fb", "loopP", "ahc_threshold"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))  # YAML gives lists
+        check_fields(self)
 
 
 # --- scoring ------------------------------------------------------------------------------------

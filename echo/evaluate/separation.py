@@ -25,13 +25,14 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from echo.errors import ConfigError, EchoError
+from echo.config import check_fields, rule
+from echo.errors import EchoError
 from echo.evaluate import model_parts
 from echo.features import FrontEnd
 from echo.metrics.bootstrap import BootstrapConfig, bootstrap_ci
@@ -54,18 +55,13 @@ class SeparationConfig:
         bootstrap: CI settings.
     """
 
-    threshold: float = 0.5
-    max_mixtures: int | None = None
-    batch_size: int = 16
+    threshold: float = field(default=0.5, metadata=rule(gt=0, lt=1))
+    max_mixtures: int | None = field(default=None, metadata=rule(ge=1))
+    batch_size: int = field(default=16, metadata=rule(ge=1))
     bootstrap: BootstrapConfig = BootstrapConfig()
 
     def __post_init__(self):
-        if not (isinstance(self.threshold, (int, float)) and 0.0 < self.threshold < 1.0):
-            raise ConfigError(f"separation.threshold: expected a number in (0, 1), got {self.threshold!r}")
-        if self.max_mixtures is not None and not (isinstance(self.max_mixtures, int) and self.max_mixtures >= 1):
-            raise ConfigError(f"separation.max_mixtures: expected an integer >= 1 or null, got {self.max_mixtures!r}")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
-            raise ConfigError(f"separation.batch_size: expected an integer >= 1, got {self.batch_size!r}")
+        check_fields(self)
 
 
 def score_mixture(slots: np.ndarray, active: np.ndarray, references: np.ndarray, mixture: np.ndarray,

@@ -15,13 +15,14 @@ Hand-written: torch has no angular-margin loss; the formulation follows insightf
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from echo.config import check_fields, rule
 from echo.errors import ConfigError, EchoError
 from echo.heads import Checkpointed, config_from_dict
 
@@ -39,18 +40,13 @@ class ArcFaceConfig:
         margin_warmup_steps: linear warm-up of the margin from 0 over this many steps (>= 0; 0 = off).
     """
 
-    scale: float = 30.0
-    margin: float = 0.2
+    scale: float = field(default=30.0, metadata=rule(gt=0))
+    margin: float = field(default=0.2, metadata=rule(ge=0, lt=math.pi / 2))
     easy_margin: bool = False
-    margin_warmup_steps: int = 0
+    margin_warmup_steps: int = field(default=0, metadata=rule(ge=0))
 
     def __post_init__(self) -> None:
-        if not self.scale > 0:
-            raise ConfigError(f"arcface.scale: expected > 0, got {self.scale}")
-        if not 0.0 <= self.margin < math.pi / 2:
-            raise ConfigError(f"arcface.margin: expected 0 <= margin < pi/2 (radians), got {self.margin}")
-        if self.margin_warmup_steps < 0:
-            raise ConfigError(f"arcface.margin_warmup_steps: expected >= 0, got {self.margin_warmup_steps}")
+        check_fields(self)
 
     def margin_at(self, step: int | None) -> float:
         """The margin in effect at ``step`` (None = after warm-up)."""

@@ -12,8 +12,8 @@ loss (BCE on every slot) targets 1 for matched slots and 0 for the others.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from dataclasses import dataclass, field
+from typing import Callable, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from echo.errors import ConfigError, EchoError
+from echo.config import check_fields, rule
+from echo.errors import EchoError
 
 __all__ = ["pit_assign", "pairwise_mse", "pairwise_neg_cosine", "pairwise_smooth_l1", "PAIRWISE_LOSSES",
            "KSetConfig", "KSetResult", "KSetLoss", "kset_loss", "exist_targets"]
@@ -116,17 +117,12 @@ class KSetConfig:
             0 = match on the regression cost alone).
     """
 
-    regression: str = "mse"
-    exist_weight: float = 1.0
-    exist_match_weight: float = 0.0
+    regression: Literal[*PAIRWISE_LOSSES] = "mse"
+    exist_weight: float = field(default=1.0, metadata=rule(ge=0))
+    exist_match_weight: float = field(default=0.0, metadata=rule(ge=0))
 
     def __post_init__(self) -> None:
-        if self.regression not in PAIRWISE_LOSSES:
-            raise ConfigError(f"kset.regression: expected one of {sorted(PAIRWISE_LOSSES)}, got {self.regression!r}")
-        if self.exist_weight < 0:
-            raise ConfigError(f"kset.exist_weight: expected >= 0, got {self.exist_weight}")
-        if self.exist_match_weight < 0:
-            raise ConfigError(f"kset.exist_match_weight: expected >= 0, got {self.exist_match_weight}")
+        check_fields(self)
 
 
 class KSetResult(NamedTuple):

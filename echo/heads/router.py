@@ -20,13 +20,14 @@ Architecture (light, ~1-2 M parameters at the defaults):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from echo.errors import ConfigError, EchoError
+from echo.config import check_fields, need, rule, wired
+from echo.errors import EchoError
 from echo.heads import Checkpointed
 
 __all__ = ["RouterConfig", "RouterOutput", "SourceRouter", "active_slots"]
@@ -47,23 +48,18 @@ class RouterConfig:
         residual_mixture: add the mixture latent to every slot's output.
     """
 
-    d_model: int = 512
-    k_max: int = 4
-    width: int = 256
-    num_layers: int = 2
-    num_heads: int = 4
-    ff_mult: int = 2
-    dropout: float = 0.0
+    d_model: int = field(default=512, metadata=wired(ge=1))
+    k_max: int = field(default=4, metadata=rule(ge=1))
+    width: int = field(default=256, metadata=rule(ge=1))
+    num_layers: int = field(default=2, metadata=rule(ge=1))
+    num_heads: int = field(default=4, metadata=rule(ge=1))
+    ff_mult: int = field(default=2, metadata=rule(ge=1))
+    dropout: float = field(default=0.0, metadata=rule(ge=0, lt=1))
     residual_mixture: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "k_max", "width", "num_layers", "num_heads", "ff_mult"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"router.{name}: expected >= 1, got {getattr(self, name)}")
-        if self.width % self.num_heads:
-            raise ConfigError(f"router.width: expected a multiple of num_heads ({self.num_heads}), got {self.width}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"router.dropout: expected 0 <= p < 1, got {self.dropout}")
+        check_fields(self)
+        need(self, self.width % self.num_heads == 0, "width", f"a multiple of num_heads ({self.num_heads})", self.width)
 
 
 class RouterOutput(NamedTuple):

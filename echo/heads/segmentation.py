@@ -20,7 +20,7 @@ pyannote.audio is not a separate package and pyannote.audio itself is far too he
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from echo.errors import ConfigError
+from echo.config import check_fields, need, rule, wired
 from echo.heads import Checkpointed
 
 __all__ = ["SegmentationConfig", "Powerset", "SegmentationHead", "powerset_pit_loss", "best_permutation"]
@@ -47,24 +47,17 @@ class SegmentationConfig:
         dropout: dropout between LSTM layers, in [0, 1).
     """
 
-    d_model: int = 512
-    max_speakers: int = 3
-    max_per_frame: int = 2
-    width: int = 128
-    num_layers: int = 1
-    dropout: float = 0.1
+    d_model: int = field(default=512, metadata=wired(ge=1))
+    max_speakers: int = field(default=3, metadata=rule(ge=1))
+    max_per_frame: int = field(default=2, metadata=rule(ge=1))
+    width: int = field(default=128, metadata=rule(ge=1))
+    num_layers: int = field(default=1, metadata=rule(ge=1))
+    dropout: float = field(default=0.1, metadata=rule(ge=0, lt=1))
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "max_speakers", "width", "num_layers"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"segmentation.{name}: expected an integer >= 1, got {v!r}")
-        if isinstance(self.max_per_frame, bool) or not isinstance(self.max_per_frame, int) or \
-                not 1 <= self.max_per_frame <= self.max_speakers:
-            raise ConfigError(f"segmentation.max_per_frame: expected an integer in [1, max_speakers={self.max_speakers}], "
-                              f"got {self.max_per_frame!r}")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise ConfigError(f"segmentation.dropout: expected a number in [0, 1), got {self.dropout!r}")
+        check_fields(self)
+        need(self, self.max_per_frame <= self.max_speakers, "max_per_frame",
+             f"an integer in [1, max_speakers={self.max_speakers}]", self.max_per_frame)
 
 
 class Powerset:

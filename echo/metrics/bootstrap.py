@@ -15,12 +15,12 @@ NaN, where this one leaves such replicates out.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
-from echo.errors import ConfigError
+from echo.config import check_fields, rule
 
 __all__ = ["BootstrapConfig", "CI", "bootstrap_ci", "mean_std", "format_mean_std"]
 
@@ -35,17 +35,12 @@ class BootstrapConfig:
         seed: seed of the resampling generator (the interval is a deterministic function of it).
     """
 
-    n_boot: int = 1000
-    confidence: float = 0.95
+    n_boot: int = field(default=1000, metadata=rule(ge=100))
+    confidence: float = field(default=0.95, metadata=rule(gt=0, lt=1))
     seed: int = 0
 
     def __post_init__(self):
-        if not (isinstance(self.n_boot, int) and self.n_boot >= 100):
-            raise ConfigError(f"bootstrap.n_boot: expected an integer >= 100, got {self.n_boot!r}")
-        if not (0.0 < self.confidence < 1.0):
-            raise ConfigError(f"bootstrap.confidence: expected a number in (0, 1), got {self.confidence!r}")
-        if not isinstance(self.seed, int):
-            raise ConfigError(f"bootstrap.seed: expected an integer, got {self.seed!r}")
+        check_fields(self)
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,14 @@ CTC-branch latent) and the pooling that turns frames into utterance embeddings.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 from sklearn.neighbors import KNeighborsClassifier
 
-from echo.errors import ConfigError, EchoError
+from echo.config import check_fields, need, rule
+from echo.errors import EchoError
 
 __all__ = ["ProbeConfig", "speaker_id_split", "knn_accuracy", "speaker_id_accuracy", "phone_accuracy", "factorisation_gap"]
 
@@ -51,29 +52,20 @@ class ProbeConfig:
         seed: seed of every split and subsample.
     """
 
-    speaker_k: int = 1
-    phone_k: int = 5
-    enrol_fraction: float = 0.5
-    phone_train_speaker_fraction: float = 0.5
-    max_train_frames: int = 20000
-    max_test_frames: int = 5000
+    speaker_k: int = field(default=1, metadata=rule(ge=1))
+    phone_k: int = field(default=5, metadata=rule(ge=1))
+    enrol_fraction: float = field(default=0.5, metadata=rule(gt=0, lt=1))
+    phone_train_speaker_fraction: float = field(default=0.5, metadata=rule(gt=0, lt=1))
+    max_train_frames: int = field(default=20000, metadata=rule(ge=1))
+    max_test_frames: int = field(default=5000, metadata=rule(ge=1))
     ignore_phones: tuple[str, ...] = ("sil",)
     seed: int = 0
 
     def __post_init__(self):
-        if isinstance(self.ignore_phones, str) or not all(isinstance(p, str) for p in self.ignore_phones):
-            raise ConfigError(f"probe.ignore_phones: expected a list of phone labels, got {self.ignore_phones!r}")
+        need(self, not isinstance(self.ignore_phones, str) and all(isinstance(p, str) for p in self.ignore_phones),
+             "ignore_phones", "a list of phone labels", self.ignore_phones)
         object.__setattr__(self, "ignore_phones", tuple(self.ignore_phones))  # YAML gives a list
-        for name in ("speaker_k", "phone_k", "max_train_frames", "max_test_frames"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and v >= 1):
-                raise ConfigError(f"probe.{name}: expected an integer >= 1, got {v!r}")
-        for name in ("enrol_fraction", "phone_train_speaker_fraction"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0.0 < v < 1.0):
-                raise ConfigError(f"probe.{name}: expected a number in (0, 1), got {v!r}")
-        if not isinstance(self.seed, int):
-            raise ConfigError(f"probe.seed: expected an integer, got {self.seed!r}")
+        check_fields(self)
 
 
 def knn_accuracy(train_x: np.ndarray, train_y: Sequence, test_x: np.ndarray, test_y: Sequence, k: int) -> float:

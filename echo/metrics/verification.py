@@ -6,14 +6,15 @@ linearly interpolated between the last point with FNR > FPR and the first with F
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from echo.errors import ConfigError, EchoError
+from echo.config import check_fields, rule
+from echo.errors import EchoError
 
 __all__ = ["TrialsConfig", "build_trials", "cosine_scores", "equal_error_rate"]
 
@@ -28,17 +29,12 @@ class TrialsConfig:
         seed: seed of the pair sampler (same inputs + seed -> identical list).
     """
 
-    n_target: int = 10000
-    n_nontarget: int = 10000
+    n_target: int = field(default=10000, metadata=rule(ge=1))
+    n_nontarget: int = field(default=10000, metadata=rule(ge=1))
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("n_target", "n_nontarget"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and v >= 1):
-                raise ConfigError(f"trials.{name}: expected an integer >= 1, got {v!r}")
-        if not isinstance(self.seed, int):
-            raise ConfigError(f"trials.seed: expected an integer, got {self.seed!r}")
+        check_fields(self)
 
 
 def build_trials(utt_ids: Sequence[str], speakers: Sequence[str], config: TrialsConfig = TrialsConfig()) -> pd.DataFrame:

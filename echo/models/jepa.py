@@ -9,13 +9,13 @@ encoder.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from echo.errors import ConfigError
+from echo.config import check_fields, need, rule
 from echo.models.vit import Block, Encoder, EncoderConfig, RotaryTable, gather_tokens, init_transformer_weights
 
 __all__ = ["PredictorConfig", "Predictor", "JEPA", "target_features", "jepa_loss", "ema_update",
@@ -31,19 +31,15 @@ class PredictorConfig:
         mlp_dim: MLP hidden width.
     """
 
-    dim: int = 256
-    depth: int = 4
-    heads: int = 4
-    mlp_dim: int = 1024
+    dim: int = field(default=256, metadata=rule(ge=1))
+    depth: int = field(default=4, metadata=rule(ge=1))
+    heads: int = field(default=4, metadata=rule(ge=1))
+    mlp_dim: int = field(default=1024, metadata=rule(ge=1))
 
     def __post_init__(self) -> None:
-        for name in ("dim", "depth", "heads", "mlp_dim"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"predictor.{name}: expected an integer >= 1, got {v!r}")
-        if self.dim % self.heads or (self.dim // self.heads) % 2:
-            raise ConfigError(f"predictor.heads: expected dim/heads to be an even integer, "
-                              f"got dim={self.dim}, heads={self.heads}")
+        check_fields(self)
+        need(self, self.dim % self.heads == 0 and (self.dim // self.heads) % 2 == 0, "heads",
+             f"dim/heads to be an even integer (dim={self.dim})", self.heads)
 
 
 class Predictor(nn.Module):

@@ -19,12 +19,13 @@ Hand-written with numpy (vectorised over the batch): no maintained library build
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from echo.config import check_fields, rule
 from echo.errors import ConfigError
 
 __all__ = ["MaskConfig", "JepaMasks", "MaskCollator", "step_rng"]
@@ -45,23 +46,14 @@ class MaskConfig:
         min_context: minimum context tokens.
     """
 
-    num_targets: int = 4
-    target_ratio: float = 0.6
-    block_spread: float = 0.5
-    context_ratio: float = 0.9
-    min_context: int = 2
+    num_targets: int = field(default=4, metadata=rule(ge=1))
+    target_ratio: float = field(default=0.6, metadata=rule(gt=0, lt=1))
+    block_spread: float = field(default=0.5, metadata=rule(ge=0, lt=1))
+    context_ratio: float = field(default=0.9, metadata=rule(gt=0, le=1))
+    min_context: int = field(default=2, metadata=rule(ge=1))
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_targets, bool) or not isinstance(self.num_targets, int) or self.num_targets < 1:
-            raise ConfigError(f"mask.num_targets: expected an integer >= 1, got {self.num_targets!r}")
-        if not 0.0 < self.target_ratio < 1.0:
-            raise ConfigError(f"mask.target_ratio: expected 0 < ratio < 1, got {self.target_ratio}")
-        if not 0.0 <= self.block_spread < 1.0:
-            raise ConfigError(f"mask.block_spread: expected 0 <= spread < 1, got {self.block_spread}")
-        if not 0.0 < self.context_ratio <= 1.0:
-            raise ConfigError(f"mask.context_ratio: expected 0 < ratio <= 1, got {self.context_ratio}")
-        if isinstance(self.min_context, bool) or not isinstance(self.min_context, int) or self.min_context < 1:
-            raise ConfigError(f"mask.min_context: expected an integer >= 1, got {self.min_context!r}")
+        check_fields(self)
 
 
 class JepaMasks(NamedTuple):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from echo.config import check_fields, need, rule
 from echo.errors import CacheMismatchError, ConfigError, EchoError
 from echo.heads import read_torch, write_torch
 
@@ -187,26 +188,19 @@ class EncoderConfig:
         rope_base: RoPE frequency base.
     """
 
-    n_mels: int = 80
-    patch_frames: int = 4
-    dim: int = 512
-    depth: int = 8
-    heads: int = 8
-    mlp_dim: int = 2048
-    dropout: float = 0.0
-    rope_base: float = 10_000.0
+    n_mels: int = field(default=80, metadata=rule(ge=1))
+    patch_frames: int = field(default=4, metadata=rule(ge=1))
+    dim: int = field(default=512, metadata=rule(ge=1))
+    depth: int = field(default=8, metadata=rule(ge=1))
+    heads: int = field(default=8, metadata=rule(ge=1))
+    mlp_dim: int = field(default=2048, metadata=rule(ge=1))
+    dropout: float = field(default=0.0, metadata=rule(ge=0, lt=1))
+    rope_base: float = field(default=10_000.0, metadata=rule(gt=1))
 
     def __post_init__(self) -> None:
-        for name in ("n_mels", "patch_frames", "dim", "depth", "heads", "mlp_dim"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"encoder.{name}: expected an integer >= 1, got {v!r}")
-        if self.dim % self.heads or (self.dim // self.heads) % 2:
-            raise ConfigError(f"encoder.heads: expected dim/heads to be an even integer, got dim={self.dim}, heads={self.heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"encoder.dropout: expected 0 <= dropout < 1, got {self.dropout}")
-        if not self.rope_base > 1.0:
-            raise ConfigError(f"encoder.rope_base: expected > 1, got {self.rope_base}")
+        check_fields(self)
+        need(self, self.dim % self.heads == 0 and (self.dim // self.heads) % 2 == 0, "heads",
+             f"dim/heads to be an even integer (dim={self.dim})", self.heads)
 
     @property
     def patch_dim(self) -> int:

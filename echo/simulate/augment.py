@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from echo.errors import ConfigError
+from echo.config import check_fields, need
 from echo.simulate.conversations import draw_noise, reverberate
-from echo.simulate.room import RoomConfig, check_range, check_value, normalise_fields, room_config
+from echo.simulate.room import RoomConfig, check_ranges, normalise_fields, room_config
+from echo.simulate.shards import SET_RULES
 
 __all__ = ["AugmentConfig", "Augmenter"]
 
@@ -38,24 +39,19 @@ class AugmentConfig:
         room: room ranges for reverberation.
     """
 
-    seed: int = 0
-    snr_db: tuple[float, float] | None = (5.0, 30.0)
-    noise_exponent: tuple[float, float] = (0.0, 2.0)
-    reverb_prob: float = 0.5
+    seed: int = field(default=0, metadata=SET_RULES["seed"])
+    snr_db: tuple[float, float] | None = field(default=(5.0, 30.0), metadata=SET_RULES["snr_db"])
+    noise_exponent: tuple[float, float] = field(default=(0.0, 2.0), metadata=SET_RULES["noise_exponent"])
+    reverb_prob: float = field(default=0.5, metadata=SET_RULES["reverb_prob"])
     room: RoomConfig = field(default_factory=RoomConfig)
 
     def __post_init__(self):
-        p = "simulation.augmentation"
         normalise_fields(self)
-        object.__setattr__(self, "room", room_config(self.room, p))
-        check_value(f"{p}.seed", self.seed, 0, 2**32 - 1, int)
-        if self.snr_db is not None:
-            check_range(f"{p}.snr_db", self.snr_db, -10.0, 80.0)
-        check_range(f"{p}.noise_exponent", self.noise_exponent, 0.0, 3.0)
-        check_value(f"{p}.reverb_prob", self.reverb_prob, 0.0, 1.0)
-        if self.snr_db is None and self.reverb_prob == 0:
-            raise ConfigError(f"{p}: snr_db is null and reverb_prob is 0, so the copy would equal the clean "
-                              "utterances; set one of them")
+        object.__setattr__(self, "room", room_config(self.room, "AugmentConfig"))
+        check_fields(self)
+        check_ranges(self, "snr_db", "noise_exponent")
+        need(self, self.snr_db is not None or self.reverb_prob > 0, "snr_db",
+             "a [low, high] range when reverb_prob is 0 (else the copy would equal the clean utterances)", None)
 
 
 class Augmenter:

@@ -28,17 +28,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from echo.config import need, rule
 from echo.audio import SAMPLE_RATE
-from echo.errors import ConfigError
 from echo.io import write_text
-from echo.simulate.room import RoomConfig, apply_rir, check_range, check_value, noise_at_snr, simulate_rirs
+from echo.simulate.room import RoomConfig, apply_rir, noise_at_snr, simulate_rirs
 from echo.simulate.rttm import annotation_from_intervals, read_rttm, read_uem, rttm_text, uem_text
-from echo.simulate.shards import check_set_fields, generator, open_set, read_set, read_shard
+from echo.simulate.shards import AUDIO_FORMATS, SET_RULES, check_set_fields, generator, open_set, read_set, read_shard
 from echo.simulate.utterances import Utterance, UtterancePool
 from echo.progress import Hook
 
@@ -76,32 +77,27 @@ class ConversationConfig:
         audio_format: ``flac`` (compact) or ``npy`` (int16, memory-mappable).
     """
 
-    seed: int = 0
-    k_max: int = 4
-    n_per_k: int = 100
-    min_duration_s: float = 30.0
-    max_duration_s: float = 120.0
-    beta_s: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0)
-    overlap_ratio: float = 0.15
-    overlap_prob: float = 0.5
-    gain_db: tuple[float, float] = (-5.0, 5.0)
-    snr_db: tuple[float, float] | None = (10.0, 30.0)
-    noise_exponent: tuple[float, float] = (0.0, 2.0)
-    reverb_prob: float = 0.5
+    seed: int = field(default=0, metadata=SET_RULES["seed"])
+    k_max: int = field(default=4, metadata=SET_RULES["k_max"])
+    n_per_k: int = field(default=100, metadata=rule(ge=0, le=10**7))
+    min_duration_s: float = field(default=30.0, metadata=rule(ge=1.0, le=3600.0))
+    max_duration_s: float = field(default=120.0, metadata=rule(ge=1.0, le=3600.0))
+    beta_s: tuple[float, ...] = field(default=(1.0, 1.0, 1.0, 1.0, 1.0), metadata=rule(gt=0, le=60, nonempty=True))
+    overlap_ratio: float = field(default=0.15, metadata=rule(ge=0.0, le=0.6))
+    overlap_prob: float = field(default=0.5, metadata=rule(ge=0.0, le=1.0))
+    gain_db: tuple[float, float] = field(default=(-5.0, 5.0), metadata=SET_RULES["gain_db"])
+    snr_db: tuple[float, float] | None = field(default=(10.0, 30.0), metadata=SET_RULES["snr_db"])
+    noise_exponent: tuple[float, float] = field(default=(0.0, 2.0), metadata=SET_RULES["noise_exponent"])
+    reverb_prob: float = field(default=0.5, metadata=SET_RULES["reverb_prob"])
     room: RoomConfig = field(default_factory=RoomConfig)
-    min_pause_s: float = 0.3
-    shard_hours: float = 1.0
-    audio_format: str = "flac"
+    min_pause_s: float = field(default=0.3, metadata=SET_RULES["min_pause_s"])
+    shard_hours: float = field(default=1.0, metadata=SET_RULES["shard_hours"])
+    audio_format: Literal[AUDIO_FORMATS] = "flac"
 
     def __post_init__(self):
-        p = "simulate.conversations"
-        check_set_fields(self, p, n_per_k_max=10**7)
-        check_range(f"{p}.min_duration_s/max_duration_s", (self.min_duration_s, self.max_duration_s), 1.0, 3600.0)
-        if not (isinstance(self.beta_s, (tuple, list)) and len(self.beta_s) >= 1
-                and all(isinstance(b, (int, float)) and 0 < b <= 60 for b in self.beta_s)):
-            raise ConfigError(f"{p}.beta_s: expected a list of pause scales in (0, 60] s, one per K, got {self.beta_s!r}")
-        check_value(f"{p}.overlap_ratio", self.overlap_ratio, 0.0, 0.6)
-        check_value(f"{p}.overlap_prob", self.overlap_prob, 0.0, 1.0)
+        check_set_fields(self)
+        need(self, self.min_duration_s <= self.max_duration_s, "max_duration_s",
+             f">= min_duration_s ({self.min_duration_s})", self.max_duration_s)
 
     def beta(self, k: int) -> float:
         return float(self.beta_s[min(k, len(self.beta_s)) - 1])

@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from echo.config import need, rule
 from echo.audio import SAMPLE_RATE
 from echo.simulate.conversations import PEAK, draw_noise, overlap_ratio, reverberate
-from echo.simulate.room import RoomConfig, check_value
-from echo.simulate.shards import check_set_fields, generator, open_set, read_set, read_shard
+from echo.simulate.room import RoomConfig
+from echo.simulate.shards import AUDIO_FORMATS, SET_RULES, check_set_fields, generator, open_set, read_set, read_shard
 from echo.simulate.utterances import UtterancePool
 from echo.progress import Hook
 
@@ -60,27 +62,25 @@ class MixtureConfig:
         audio_format: ``flac`` (compact) or ``npy`` (int16, memory-mappable).
     """
 
-    seed: int = 0
-    k_max: int = 4
-    n_per_k: int = 1000
-    duration_s: float = 4.0
-    full_overlap_prob: float = 0.5
-    min_active_s: float = 1.0
-    gain_db: tuple[float, float] = (-5.0, 5.0)
-    snr_db: tuple[float, float] | None = (10.0, 30.0)
-    noise_exponent: tuple[float, float] = (0.0, 2.0)
-    reverb_prob: float = 0.0
+    seed: int = field(default=0, metadata=SET_RULES["seed"])
+    k_max: int = field(default=4, metadata=SET_RULES["k_max"])
+    n_per_k: int = field(default=1000, metadata=rule(ge=0, le=10**8))
+    duration_s: float = field(default=4.0, metadata=rule(ge=0.25, le=60.0))
+    full_overlap_prob: float = field(default=0.5, metadata=rule(ge=0.0, le=1.0))
+    min_active_s: float = field(default=1.0, metadata=rule(ge=0.0))
+    gain_db: tuple[float, float] = field(default=(-5.0, 5.0), metadata=SET_RULES["gain_db"])
+    snr_db: tuple[float, float] | None = field(default=(10.0, 30.0), metadata=SET_RULES["snr_db"])
+    noise_exponent: tuple[float, float] = field(default=(0.0, 2.0), metadata=SET_RULES["noise_exponent"])
+    reverb_prob: float = field(default=0.0, metadata=SET_RULES["reverb_prob"])
     room: RoomConfig = field(default_factory=RoomConfig)
-    min_pause_s: float = 0.3
-    shard_hours: float = 1.0
-    audio_format: str = "flac"
+    min_pause_s: float = field(default=0.3, metadata=SET_RULES["min_pause_s"])
+    shard_hours: float = field(default=1.0, metadata=SET_RULES["shard_hours"])
+    audio_format: Literal[AUDIO_FORMATS] = "flac"
 
     def __post_init__(self):
-        p = "simulate.mixtures"
-        check_set_fields(self, p, n_per_k_max=10**8)
-        check_value(f"{p}.duration_s", self.duration_s, 0.25, 60.0)
-        check_value(f"{p}.full_overlap_prob", self.full_overlap_prob, 0.0, 1.0)
-        check_value(f"{p}.min_active_s", self.min_active_s, 0.0, self.duration_s)
+        check_set_fields(self)
+        need(self, self.min_active_s <= self.duration_s, "min_active_s", f"seconds in [0, duration_s={self.duration_s}]",
+             self.min_active_s)
 
 
 @dataclass(frozen=True)

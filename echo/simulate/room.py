@@ -9,11 +9,12 @@ generator: deterministic and nothing to download.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.signal import fftconvolve
 
+from echo.config import check_fields, need, rule
 from echo.audio import SAMPLE_RATE
 from echo.errors import ConfigError
 
@@ -22,17 +23,15 @@ __all__ = ["RoomConfig", "simulate_rirs", "apply_rir", "coloured_noise", "noise_
 log = logging.getLogger(__name__)
 
 
-def check_range(name: str, r, lo: float, hi: float) -> None:
-    """Raise ConfigError unless ``r`` is a ``(low, high)`` pair with ``lo <= low <= high <= hi``."""
-    if not (isinstance(r, (tuple, list)) and len(r) == 2 and all(isinstance(v, (int, float)) for v in r)
-            and lo <= r[0] <= r[1] <= hi):
-        raise ConfigError(f"{name}: expected [low, high] with {lo} <= low <= high <= {hi}, got {r!r}")
+def check_ranges(cfg, *names: str) -> None:
+    """Cross-item rule of ``[low, high]`` range fields (their bounds are the fields' rules): low <= high.
 
-
-def check_value(name: str, v, lo: float, hi: float, kind=(int, float)) -> None:
-    """Raise ConfigError unless ``lo <= v <= hi`` and ``v`` has type ``kind``."""
-    if isinstance(v, bool) or not isinstance(v, kind) or not lo <= v <= hi:
-        raise ConfigError(f"{name}: expected a {'integer' if kind is int else 'number'} in [{lo}, {hi}], got {v!r}")
+    Raises:
+        FieldError: the first range whose low exceeds its high.
+    """
+    for name in names:
+        r = getattr(cfg, name)
+        need(cfg, r is None or r[0] <= r[1], name, "[low, high] with low <= high", list(r or ()))
 
 
 def normalise_fields(cfg) -> None:
@@ -66,21 +65,17 @@ class RoomConfig:
         min_wall_distance_m: sources and microphone keep at least this distance from the walls.
     """
 
-    width_m: tuple[float, float] = (3.0, 10.0)
-    length_m: tuple[float, float] = (3.0, 10.0)
-    height_m: tuple[float, float] = (2.5, 4.0)
-    rt60_s: tuple[float, float] = (0.2, 0.6)
-    max_order: int = 30
-    min_wall_distance_m: float = 0.5
+    width_m: tuple[float, float] = field(default=(3.0, 10.0), metadata=rule(ge=1.5, le=50.0))
+    length_m: tuple[float, float] = field(default=(3.0, 10.0), metadata=rule(ge=1.5, le=50.0))
+    height_m: tuple[float, float] = field(default=(2.5, 4.0), metadata=rule(ge=1.5, le=20.0))
+    rt60_s: tuple[float, float] = field(default=(0.2, 0.6), metadata=rule(ge=0.05, le=2.0))
+    max_order: int = field(default=30, metadata=rule(ge=0, le=200))
+    min_wall_distance_m: float = field(default=0.5, metadata=rule(ge=0.05, le=0.7))
 
     def __post_init__(self):
         normalise_fields(self)
-        check_range("room.width_m", self.width_m, 1.5, 50.0)
-        check_range("room.length_m", self.length_m, 1.5, 50.0)
-        check_range("room.height_m", self.height_m, 1.5, 20.0)
-        check_range("room.rt60_s", self.rt60_s, 0.05, 2.0)
-        check_value("room.max_order", self.max_order, 0, 200, int)
-        check_value("room.min_wall_distance_m", self.min_wall_distance_m, 0.05, 0.7)
+        check_fields(self)
+        check_ranges(self, "width_m", "length_m", "height_m", "rt60_s")
 
 
 def simulate_rirs(num_sources: int, cfg: RoomConfig, rng: np.random.Generator,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from echo.errors import ConfigError
+from echo.config import check_fields, rule
 
 __all__ = ["SetSpec", "SimulationSets"]
 
@@ -22,15 +22,12 @@ class SetSpec:
         n_per_k: recordings per speaker count (>= 1).
     """
 
-    k: tuple[int, ...] = (1, 2, 3, 4)
-    n_per_k: int = 2
+    k: tuple[int, ...] = field(default=(1, 2, 3, 4), metadata=rule(ge=1, nonempty=True))
+    n_per_k: int = field(default=2, metadata=rule(ge=1))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", tuple(self.k))
-        if not self.k or any(not isinstance(x, int) or x < 1 for x in self.k):
-            raise ConfigError(f"sets.k: expected a non-empty list of integers >= 1, got {list(self.k)}")
-        if not isinstance(self.n_per_k, int) or self.n_per_k < 1:
-            raise ConfigError(f"sets.n_per_k: expected an integer >= 1, got {self.n_per_k!r}")
+        check_fields(self)
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from echo.config import check_fields, rule
 from echo.audio import SAMPLE_RATE
-from echo.errors import AudioError, ConfigError, EchoError
+from echo.errors import AudioError, EchoError
 from echo.io import atomic_dir, read_json, write_json, write_parquet
-from echo.simulate.room import check_range, check_value, normalise_fields, room_config
+from echo.simulate.room import check_ranges, normalise_fields, room_config
 from echo.simulate.utterances import UtterancePool
 from echo.progress import Hook, track
 
@@ -105,28 +106,24 @@ def read_shard(root: str | Path, shard: str, offset: int, num_samples: int) -> n
 
 
 # -- a simulated set's directory ------------------------------------------------------------------
-def check_set_fields(cfg: Any, p: str, n_per_k_max: int) -> None:
-    """Normalise and check the fields every simulation config has (``seed``, ``k_max``, ``n_per_k``,
-    ``gain_db``, ``snr_db``, ``noise_exponent``, ``reverb_prob``, ``room``, ``min_pause_s``,
-    ``shard_hours``, ``audio_format``); call first in ``__post_init__``.
+# value rules of the fields every simulation config has, declared once for all of them
+SET_RULES = {"seed": rule(ge=0, le=2**32 - 1), "k_max": rule(ge=1, le=20), "gain_db": rule(ge=-40.0, le=20.0),
+             "snr_db": rule(ge=-10.0, le=80.0), "noise_exponent": rule(ge=0.0, le=3.0),
+             "reverb_prob": rule(ge=0.0, le=1.0), "min_pause_s": rule(ge=0.0, le=10.0),
+             "shard_hours": rule(ge=0.001, le=100.0)}
+
+
+def check_set_fields(cfg: Any) -> None:
+    """Normalise and check a simulation config (lists -> tuples, a room mapping -> RoomConfig, the
+    field rules, low <= high in its ranges); call first in ``__post_init__``.
 
     Raises:
-        ConfigError: a value out of range, named ``<p>.<key>``.
+        FieldError: a value breaks its rule.
     """
     normalise_fields(cfg)
-    object.__setattr__(cfg, "room", room_config(cfg.room, p))
-    check_value(f"{p}.seed", cfg.seed, 0, 2**32 - 1, int)
-    check_value(f"{p}.k_max", cfg.k_max, 1, 20, int)
-    check_value(f"{p}.n_per_k", cfg.n_per_k, 0, n_per_k_max, int)
-    check_range(f"{p}.gain_db", cfg.gain_db, -40.0, 20.0)
-    if cfg.snr_db is not None:
-        check_range(f"{p}.snr_db", cfg.snr_db, -10.0, 80.0)
-    check_range(f"{p}.noise_exponent", cfg.noise_exponent, 0.0, 3.0)
-    check_value(f"{p}.reverb_prob", cfg.reverb_prob, 0.0, 1.0)
-    check_value(f"{p}.min_pause_s", cfg.min_pause_s, 0.0, 10.0)
-    check_value(f"{p}.shard_hours", cfg.shard_hours, 0.001, 100.0)
-    if cfg.audio_format not in AUDIO_FORMATS:
-        raise ConfigError(f"{p}.audio_format: expected one of {AUDIO_FORMATS}, got {cfg.audio_format!r}")
+    object.__setattr__(cfg, "room", room_config(cfg.room, type(cfg).__name__))
+    check_fields(cfg)
+    check_ranges(cfg, "gain_db", "snr_db", "noise_exponent")
 
 
 def generator(seed: int, split: str, *stream: int) -> np.random.Generator:

@@ -27,15 +27,16 @@ import logging
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Callable, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from echo.errors import CacheMismatchError, ConfigError
+from echo.config import check_fields, need, rule
+from echo.errors import CacheMismatchError, ConfigError, EchoError
 from echo.features import FrontEnd
 from echo.heads.ctc import ctc_greedy_decode
 from echo.heads.guard import ParameterAnchor, frozen_copy, latent_distillation_loss, set_trainable
@@ -58,15 +59,6 @@ GUARD_KINDS = ("distill", "l2sp", "freeze", "none")
 _TRAINABLE = re.compile(r"^(all|none|top([1-9][0-9]*))$")
 
 
-def _need(ok: bool, where: str, expected: str, got: Any) -> None:
-    if not ok:
-        raise ConfigError(f"{where}: expected {expected}, got {got!r}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 @dataclass(frozen=True)
 class StageGuardConfig:
     """How a stage protects what earlier stages built.
@@ -81,22 +73,15 @@ class StageGuardConfig:
             stage selected them and the encoder must stay compatible with them).
     """
 
-    kind: str = "distill"
-    weight: float = 1.0
-    distance: str = "mse"
-    replay_speaker: float = 0.0
-    replay_ctc: float = 0.0
+    kind: Literal[GUARD_KINDS] = "distill"
+    weight: float = field(default=1.0, metadata=rule(ge=0, finite=True))
+    distance: Literal["mse", "cosine"] = "mse"
+    replay_speaker: float = field(default=0.0, metadata=rule(ge=0, finite=True))
+    replay_ctc: float = field(default=0.0, metadata=rule(ge=0, finite=True))
     replay_heads_trainable: bool = False
 
-    def check(self, where: str) -> None:
-        _need(self.kind in GUARD_KINDS, f"{where}.kind", f"one of {GUARD_KINDS}", self.kind)
-        _need(self.distance in ("mse", "cosine"), f"{where}.distance", "mse or cosine", self.distance)
-        for key in ("weight", "replay_speaker", "replay_ctc"):
-            v = getattr(self, key)
-            _need(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, f"{where}.{key}", "a number >= 0", v)
-
     def __post_init__(self) -> None:
-        self.check("guard")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -131,57 +116,37 @@ class StageConfig:
 
     SECTION: ClassVar[str] = "stages"
 
-    steps: int = 200
-    batch_size: int = 16
-    crop_s: float = 2.0
-    lr: float = 2e-3
-    encoder_lr: float = 2e-4
-    warmup_steps: int = 20
-    final_lr_ratio: float = 0.05
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    steps: int = field(default=200, metadata=rule(ge=1))
+    batch_size: int = field(default=16, metadata=rule(ge=2))
+    crop_s: float = field(default=2.0, metadata=rule(ge=0.2, finite=True))
+    lr: float = field(default=2e-3, metadata=rule(gt=0, lt=1))
+    encoder_lr: float = field(default=2e-4, metadata=rule(gt=0, lt=1))
+    warmup_steps: int = field(default=20, metadata=rule(ge=0))
+    final_lr_ratio: float = field(default=0.05, metadata=rule(ge=0, le=1))
+    weight_decay: float = field(default=0.01, metadata=rule(ge=0))
+    grad_clip: float = field(default=1.0, metadata=rule(ge=0))
     trainable: str = "top2"
     guard: StageGuardConfig = StageGuardConfig()
-    seed: int = 0
-    eval_every: int = 50
-    checkpoint_every: int = 50
-    log_every: int = 10
-    dev_max_utts: int = 100
-    dev_max_s: float = 6.0
-    precision: str = "auto"
-    noisy_prob: float = 0.0
+    seed: int = field(default=0, metadata=rule(ge=0))
+    eval_every: int = field(default=50, metadata=rule(ge=1))
+    checkpoint_every: int = field(default=50, metadata=rule(ge=1))
+    log_every: int = field(default=10, metadata=rule(ge=1))
+    dev_max_utts: int = field(default=100, metadata=rule(ge=2))
+    dev_max_s: float = field(default=6.0, metadata=rule(gt=0))
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    noisy_prob: float = field(default=0.0, metadata=rule(ge=0, le=1))
 
     # settings that do not change the trajectory (a resumed run may change them)
     NON_TRAJECTORY: ClassVar[tuple[str, ...]] = ("checkpoint_every", "log_every")
 
     def __post_init__(self) -> None:
-        p = self.SECTION
-        for key in ("steps", "eval_every", "checkpoint_every", "log_every"):
-            v = getattr(self, key)
-            _need(_is_int(v) and v >= 1, f"{p}.{key}", "an integer >= 1", v)
-        _need(_is_int(self.batch_size) and self.batch_size >= 2, f"{p}.batch_size", "an integer >= 2", self.batch_size)
-        _need(_is_int(self.dev_max_utts) and self.dev_max_utts >= 2, f"{p}.dev_max_utts", "an integer >= 2", self.dev_max_utts)
-        _need(_is_int(self.warmup_steps) and 0 <= self.warmup_steps <= self.steps, f"{p}.warmup_steps",
-              f"an integer in [0, steps={self.steps}]", self.warmup_steps)
-        _need(_is_int(self.seed) and self.seed >= 0, f"{p}.seed", "an integer >= 0", self.seed)
-        _need(self.crop_s >= 0.2, f"{p}.crop_s", "seconds >= 0.2", self.crop_s)
-        _need(self.dev_max_s > 0, f"{p}.dev_max_s", "seconds > 0", self.dev_max_s)
-        for key in ("lr", "encoder_lr"):
-            v = getattr(self, key)
-            _need(0.0 < v < 1.0, f"{p}.{key}", "a value in (0, 1)", v)
-        _need(0.0 <= self.final_lr_ratio <= 1.0, f"{p}.final_lr_ratio", "a value in [0, 1]", self.final_lr_ratio)
-        _need(self.weight_decay >= 0, f"{p}.weight_decay", "a value >= 0", self.weight_decay)
-        _need(self.grad_clip >= 0, f"{p}.grad_clip", "a value >= 0 (0 = off)", self.grad_clip)
-        _need(isinstance(self.trainable, str) and bool(_TRAINABLE.match(self.trainable)), f"{p}.trainable",
-              "all | none | topN (N >= 1)", self.trainable)
-        _need(self.precision in ("auto", "bf16", "fp32"), f"{p}.precision", "auto, bf16 or fp32", self.precision)
-        _need(isinstance(self.noisy_prob, (int, float)) and not isinstance(self.noisy_prob, bool)
-              and 0.0 <= self.noisy_prob <= 1.0, f"{p}.noisy_prob", "a share in [0, 1]", self.noisy_prob)
-        _need(isinstance(self.guard, StageGuardConfig), f"{p}.guard", "a StageGuardConfig", type(self.guard).__name__)
-        self.guard.check(f"{p}.guard")
-        if self.guard.kind == "freeze" and self.trainable == "all":
-            raise ConfigError(f"{p}.guard.kind: 'freeze' guards nothing with trainable 'all'; expected trainable "
-                              f"topN or none, or another guard kind")
+        check_fields(self)
+        need(self, self.warmup_steps <= self.steps, "warmup_steps", f"an integer in [0, steps={self.steps}]",
+             self.warmup_steps)
+        need(self, bool(_TRAINABLE.match(self.trainable)), "trainable", "all | none | topN (N >= 1)", self.trainable)
+        need(self, not (self.guard.kind == "freeze" and self.trainable == "all"), "guard.kind",
+             "trainable topN or none with guard 'freeze' (it guards nothing with trainable 'all'), or another guard kind",
+             self.guard.kind)
 
     def crop_frames(self, frame_rate: float, patch_frames: int) -> int:
         """Crop length in frames, rounded to whole tokens."""

@@ -15,17 +15,17 @@ default the guard distils towards the stage-1 encoder and replays a small ArcFac
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
+from echo.config import need, rule
 from echo.heads.ctc import CTCConfig, CTCHead
 from echo.heads.vq import UPDATES, VQConfig
 from echo.models.bundle import EchoModel
-from echo.stages.common import (MetricsLogger, StageConfig, StageGuardConfig, StageTrainer, _is_int, _need,
-                                phonetic_dev_metrics, speaker_dev_metrics)
+from echo.stages.common import (MetricsLogger, StageConfig, StageGuardConfig, StageTrainer, phonetic_dev_metrics, speaker_dev_metrics)
 
 __all__ = ["PhoneticStageConfig", "PhoneticStage", "train_phonetic_stage"]
 
@@ -56,35 +56,22 @@ class PhoneticStageConfig(StageConfig):
     SECTION: ClassVar[str] = "stages.phonetic"
 
     guard: StageGuardConfig = StageGuardConfig(kind="distill", weight=1.0, replay_speaker=0.1)
-    ctc_hidden_dim: int = 256
-    ctc_layers: int = 1
-    ctc_dropout: float = 0.1
-    codebook_size: int = 256
-    code_dim: int = 0
-    vq_update: str = "ema"
-    vq_commitment: float = 0.25
-    vq_dead_code_steps: int = 50
-    ctc_weight: float = 1.0
-    vq_ctc_weight: float = 1.0
-    select: str = "per_ctc"
+    ctc_hidden_dim: int = field(default=256, metadata=rule(ge=1))
+    ctc_layers: int = field(default=1, metadata=rule(ge=0, le=4))
+    ctc_dropout: float = field(default=0.1, metadata=rule(ge=0, lt=1))
+    codebook_size: int = field(default=256, metadata=rule(ge=2))
+    code_dim: int = field(default=0, metadata=rule(ge=0))
+    vq_update: Literal[UPDATES] = "ema"
+    vq_commitment: float = field(default=0.25, metadata=rule(ge=0))
+    vq_dead_code_steps: int = field(default=50, metadata=rule(ge=0))
+    ctc_weight: float = field(default=1.0, metadata=rule(ge=0))
+    vq_ctc_weight: float = field(default=1.0, metadata=rule(ge=0))
+    select: Literal[*SELECT] = "per_ctc"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        p = self.SECTION
-        _need(_is_int(self.ctc_hidden_dim) and self.ctc_hidden_dim >= 1, f"{p}.ctc_hidden_dim", "an integer >= 1", self.ctc_hidden_dim)
-        _need(_is_int(self.ctc_layers) and 0 <= self.ctc_layers <= 4, f"{p}.ctc_layers", "an integer in 0..4", self.ctc_layers)
-        _need(0.0 <= self.ctc_dropout < 1.0, f"{p}.ctc_dropout", "0 <= p < 1", self.ctc_dropout)
-        _need(_is_int(self.codebook_size) and self.codebook_size >= 2, f"{p}.codebook_size", "an integer >= 2", self.codebook_size)
-        _need(_is_int(self.code_dim) and self.code_dim >= 0, f"{p}.code_dim", "an integer >= 0 (0 = latent width)", self.code_dim)
-        _need(self.vq_update in UPDATES, f"{p}.vq_update", f"one of {UPDATES}", self.vq_update)
-        _need(self.vq_commitment >= 0, f"{p}.vq_commitment", "a value >= 0", self.vq_commitment)
-        _need(_is_int(self.vq_dead_code_steps) and self.vq_dead_code_steps >= 0, f"{p}.vq_dead_code_steps",
-              "an integer >= 0", self.vq_dead_code_steps)
-        for key in ("ctc_weight", "vq_ctc_weight"):
-            _need(getattr(self, key) >= 0, f"{p}.{key}", "a value >= 0", getattr(self, key))
-        _need(self.ctc_weight + self.vq_ctc_weight > 0, f"{p}.ctc_weight", "ctc_weight + vq_ctc_weight > 0",
-              (self.ctc_weight, self.vq_ctc_weight))
-        _need(self.select in SELECT, f"{p}.select", f"one of {sorted(SELECT)}", self.select)
+        need(self, self.ctc_weight + self.vq_ctc_weight > 0, "ctc_weight", "ctc_weight + vq_ctc_weight > 0",
+             (self.ctc_weight, self.vq_ctc_weight))
 
 
 class PhoneticStage(StageTrainer):

@@ -22,13 +22,14 @@ are computed once at the start (float16, in host memory) rather than at every st
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import numpy as np
 import torch
 
+from echo.config import need, rule
 from echo.errors import CacheMismatchError, ConfigError, EchoError
 from echo.heads.guard import frozen_copy
 from echo.heads.pit import KSetConfig, KSetLoss, KSetResult, pairwise_neg_cosine
@@ -36,7 +37,7 @@ from echo.heads.router import RouterConfig, RouterOutput, SourceRouter
 from echo.models.bundle import EchoModel
 from echo.models.vit import Encoder
 from echo.stages.batches import CropSampler, LabelledFrames, MixtureFeatures, dev_batches, mixture_indices
-from echo.stages.common import (MetricsLogger, StageConfig, StageGuardConfig, StageTrainer, _is_int, _need, _sha256_of,
+from echo.stages.common import (MetricsLogger, StageConfig, StageGuardConfig, StageTrainer, _sha256_of,
                                 load_start, phonetic_dev_metrics, speaker_dev_metrics)
 from echo.train.trainer import autocast
 
@@ -58,9 +59,9 @@ class RoutingStageConfig(StageConfig):
     the guard and the replay terms; ``dev_max_utts`` caps the dev mixtures.
 
     Attributes:
-        k_max: router slots, the most sources a mixture may have (>= 1; >= the sets' largest K).
-        router_width, router_layers, router_heads, router_ff_mult, router_dropout,
-            residual_mixture: the :class:`~echo.heads.router.RouterConfig`.
+        router: the :class:`~echo.heads.router.RouterConfig` (its ``d_model`` comes from the
+            incoming encoder); ``router.k_max`` slots is the most sources a mixture may have
+            (>= the sets' largest K).
         kset: matching/regression settings (:class:`~echo.heads.pit.KSetConfig`).
         target: ``stage2`` (frozen copy of the incoming encoder) or ``pretrain`` (the JEPA EMA
             target encoder; pass ``pretrained_encoder``).
@@ -76,39 +77,20 @@ class RoutingStageConfig(StageConfig):
 
     batch_size: int = 8
     guard: StageGuardConfig = StageGuardConfig(kind="distill", weight=1.0, replay_speaker=0.1, replay_ctc=0.1)
-    k_max: int = 4
-    router_width: int = 256
-    router_layers: int = 2
-    router_heads: int = 4
-    router_ff_mult: int = 2
-    router_dropout: float = 0.0
-    residual_mixture: bool = True
+    router: RouterConfig = RouterConfig()
     kset: KSetConfig = KSetConfig()
-    target: str = "stage2"
-    clean_batch_size: int = 4
-    max_mixtures: int = 0
-    exist_threshold: float = 0.5
-    select: str = "combined"
+    target: Literal[TARGETS] = "stage2"
+    clean_batch_size: int = field(default=4, metadata=rule(ge=2, also=(0,)))
+    max_mixtures: int = field(default=0, metadata=rule(ge=0))
+    exist_threshold: float = field(default=0.5, metadata=rule(gt=0, lt=1))
+    select: Literal[*SELECT] = "combined"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        p = self.SECTION
-        for key in ("k_max", "router_width", "router_layers", "router_heads", "router_ff_mult"):
-            v = getattr(self, key)
-            _need(_is_int(v) and v >= 1, f"{p}.{key}", "an integer >= 1", v)
-        _need(self.router_width % self.router_heads == 0, f"{p}.router_width", f"a multiple of router_heads ({self.router_heads})",
-              self.router_width)
-        _need(0.0 <= self.router_dropout < 1.0, f"{p}.router_dropout", "0 <= p < 1", self.router_dropout)
-        _need(isinstance(self.kset, KSetConfig), f"{p}.kset", "a KSetConfig", type(self.kset).__name__)
-        _need(self.target in TARGETS, f"{p}.target", f"one of {TARGETS}", self.target)
-        _need(_is_int(self.clean_batch_size) and (self.clean_batch_size == 0 or self.clean_batch_size >= 2),
-              f"{p}.clean_batch_size", "0 or an integer >= 2", self.clean_batch_size)
-        _need(_is_int(self.max_mixtures) and self.max_mixtures >= 0, f"{p}.max_mixtures", "an integer >= 0", self.max_mixtures)
-        _need(0.0 < self.exist_threshold < 1.0, f"{p}.exist_threshold", "a value in (0, 1)", self.exist_threshold)
-        _need(self.select in SELECT, f"{p}.select", f"one of {sorted(SELECT)}", self.select)
         g = self.guard
-        if self.clean_batch_size == 0 and ((g.kind == "distill" and g.weight > 0) or g.replay_speaker or g.replay_ctc):
-            raise ConfigError(f"{p}.clean_batch_size: expected >= 2 when guard.kind is distill or a replay weight is > 0, got 0")
+        reads_clean = (g.kind == "distill" and g.weight > 0) or g.replay_speaker > 0 or g.replay_ctc > 0
+        need(self, self.clean_batch_size > 0 or not reads_clean, "clean_batch_size",
+             ">= 2 when guard.kind is distill or a replay weight is > 0", self.clean_batch_size)
 
     @property
     def needs_clean(self) -> bool:
@@ -152,8 +134,8 @@ class RoutingStage(StageTrainer):
         if shared:  # model selection must not see training speakers
             raise EchoError(f"dev mixtures: speaker {shared[0]!r} is also in the train mixtures; expected disjoint splits")
         k_top = int(max(self.train_mix.k.max(), self.dev_mix.k.max()))
-        if k_top > cfg.k_max:
-            raise ConfigError(f"{cfg.SECTION}.k_max: expected >= the mixtures' largest K ({k_top}), got {cfg.k_max}")
+        if k_top > cfg.router.k_max:
+            raise ConfigError(f"{cfg.SECTION}.router.k_max: expected >= the mixtures' largest K ({k_top}), got {cfg.router.k_max}")
 
         self.teacher = frozen_copy(enc).to(self.device)
         if cfg.target == "pretrain":
@@ -169,9 +151,7 @@ class RoutingStage(StageTrainer):
         self.dev_targets = self._target_latents(target_enc, self.dev_mix)
 
         torch.manual_seed(cfg.seed)
-        router = SourceRouter(RouterConfig(d_model=d, k_max=cfg.k_max, width=cfg.router_width, num_layers=cfg.router_layers,
-                                           num_heads=cfg.router_heads, ff_mult=cfg.router_ff_mult, dropout=cfg.router_dropout,
-                                           residual_mixture=cfg.residual_mixture))
+        router = SourceRouter(replace(cfg.router, d_model=d))
         self.kset = KSetLoss.from_config(cfg.kset)
         self.models["encoder"] = enc
         for name in ("speaker", "arcface", "ctc", "vq_ctc"):
@@ -212,7 +192,7 @@ class RoutingStage(StageTrainer):
 
     def mixture_batch(self, feats: MixtureFeatures, targets: torch.Tensor, rows: np.ndarray) -> MixtureBatch:
         """Assemble the mixtures ``rows`` with their reference latents padded to ``k_max`` slots."""
-        b, k_max = len(rows), self.cfg.k_max
+        b, k_max = len(rows), self.cfg.router.k_max
         tgt = torch.zeros(b, k_max, targets.shape[1], targets.shape[2])
         tmask = torch.zeros(b, k_max, dtype=torch.bool)
         for i, r in enumerate(rows):

@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from echo.config import check_fields, need, rule
 from echo.diarization.backend import conversation_latents, conversation_split
 from echo.diarization.diarizer import DiarizerConfig
 from echo.errors import ConfigError, EchoError
@@ -60,36 +61,24 @@ class SegmentationStageConfig:
     """
 
     SECTION = "stages.segmentation"
-    steps: int = 800
-    batch_size: int = 32
-    chunk_s: float = 1.5
-    lr: float = 2e-3
-    warmup_steps: int = 100
-    final_lr_ratio: float = 0.05
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    eval_every: int = 200
-    log_every: int = 25
-    dev_step_s: float = 0.75
+    steps: int = field(default=800, metadata=rule(ge=1))
+    batch_size: int = field(default=32, metadata=rule(ge=1))
+    chunk_s: float = field(default=1.5, metadata=rule(gt=0, finite=True))
+    lr: float = field(default=2e-3, metadata=rule(gt=0, finite=True))
+    warmup_steps: int = field(default=100, metadata=rule(ge=0))
+    final_lr_ratio: float = field(default=0.05, metadata=rule(ge=0, le=1))
+    weight_decay: float = field(default=0.01, metadata=rule(ge=0))
+    grad_clip: float = field(default=1.0, metadata=rule(gt=0, finite=True))
+    eval_every: int = field(default=200, metadata=rule(ge=1))
+    log_every: int = field(default=25, metadata=rule(ge=1))
+    dev_step_s: float = field(default=0.75, metadata=rule(gt=0, finite=True))
     seed: int = 0
     head: SegmentationConfig = field(default_factory=SegmentationConfig)
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_every", "log_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"segmentation.{name}: expected an integer >= 1, got {v!r}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or \
-                not 0 <= self.warmup_steps <= self.steps:
-            raise ConfigError(f"segmentation.warmup_steps: expected an integer in [0, steps], got {self.warmup_steps!r}")
-        for name in ("chunk_s", "lr", "grad_clip", "dev_step_s"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ConfigError(f"segmentation.{name}: expected a finite number > 0, got {v!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ConfigError(f"segmentation.weight_decay: expected a number >= 0, got {self.weight_decay!r}")
-        if not (isinstance(self.final_lr_ratio, (int, float)) and 0 <= self.final_lr_ratio <= 1):
-            raise ConfigError(f"segmentation.final_lr_ratio: expected a number in [0, 1], got {self.final_lr_ratio!r}")
+        check_fields(self)
+        need(self, self.warmup_steps <= self.steps, "warmup_steps", f"an integer in [0, steps={self.steps}]",
+             self.warmup_steps)
 
 
 def local_targets(activity: np.ndarray, max_speakers: int) -> np.ndarray:

@@ -13,18 +13,19 @@ the EER (or leave-one-out 1-NN accuracy) of their embeddings; test speakers are 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
+from echo.config import need, rule
 from echo.errors import ConfigError
 from echo.heads.arcface import ArcFaceConfig, ArcFaceLoss
 from echo.heads.pooling import VARIANTS
 from echo.heads.speaker import SpeakerConfig, SpeakerHead
 from echo.models.bundle import EchoModel
-from echo.stages.common import MetricsLogger, StageConfig, StageGuardConfig, StageTrainer, _need, speaker_dev_metrics
+from echo.stages.common import MetricsLogger, StageConfig, StageGuardConfig, StageTrainer, speaker_dev_metrics
 
 __all__ = ["SpeakerStageConfig", "SpeakerStage", "train_speaker_stage"]
 
@@ -48,23 +49,17 @@ class SpeakerStageConfig(StageConfig):
     SECTION: ClassVar[str] = "stages.speaker"
 
     guard: StageGuardConfig = StageGuardConfig(kind="distill", weight=0.5)
-    emb_dim: int = 192
-    pooling: str = "okabe"
-    attention_dim: int = 128
+    emb_dim: int = field(default=192, metadata=rule(ge=1))
+    pooling: Literal[VARIANTS] = "okabe"
+    attention_dim: int = field(default=128, metadata=rule(ge=1))
     arcface: ArcFaceConfig = ArcFaceConfig(scale=30.0, margin=0.2, margin_warmup_steps=50)
-    select: str = "eer"
+    select: Literal["eer", "knn"] = "eer"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        p = self.SECTION
-        _need(isinstance(self.emb_dim, int) and self.emb_dim >= 1, f"{p}.emb_dim", "an integer >= 1", self.emb_dim)
-        _need(isinstance(self.attention_dim, int) and self.attention_dim >= 1, f"{p}.attention_dim", "an integer >= 1",
-              self.attention_dim)
-        _need(self.pooling in VARIANTS, f"{p}.pooling", f"one of {VARIANTS}", self.pooling)
-        _need(self.select in ("eer", "knn"), f"{p}.select", "eer or knn", self.select)
-        _need(isinstance(self.arcface, ArcFaceConfig), f"{p}.arcface", "an ArcFaceConfig", type(self.arcface).__name__)
-        if self.guard.replay_speaker or self.guard.replay_ctc:
-            raise ConfigError(f"{p}.guard.replay_*: stage 1 has no earlier head to replay; expected 0")
+        for key in ("replay_speaker", "replay_ctc"):  # stage 1 has no earlier head to replay
+            need(self, not getattr(self.guard, key), f"guard.{key}", "0 (stage 1 has no earlier head to replay)",
+                 getattr(self.guard, key))
 
 
 class SpeakerStage(StageTrainer):

@@ -21,13 +21,14 @@ import copy
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from echo.config import check_fields, need, rule
 from echo.errors import ConfigError, EchoError
 from echo.models.bundle import ENCODER_FILE
 from echo.models.jepa import JEPA, PredictorConfig, ema_update, jepa_loss, target_features
@@ -79,29 +80,29 @@ class PretrainConfig:
         predictor: predictor shape.
     """
 
-    steps: int = 100_000
-    batch_size: int = 256
-    crop_frames: int = 400
-    lr: float = 5e-4
-    start_lr: float = 1e-5
-    final_lr: float = 1e-6
-    warmup_steps: int = 5_000
-    weight_decay: float = 0.04
-    final_weight_decay: float = 0.4
-    ema_start: float = 0.996
-    ema_end: float = 1.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0
+    steps: int = field(default=100_000, metadata=rule(ge=1))
+    batch_size: int = field(default=256, metadata=rule(ge=1))
+    crop_frames: int = field(default=400, metadata=rule(ge=1))
+    lr: float = field(default=5e-4, metadata=rule(gt=0, lt=1))
+    start_lr: float = field(default=1e-5, metadata=rule(ge=0, lt=1))
+    final_lr: float = field(default=1e-6, metadata=rule(ge=0, lt=1))
+    warmup_steps: int = field(default=5_000, metadata=rule(ge=0))
+    weight_decay: float = field(default=0.04, metadata=rule(ge=0))
+    final_weight_decay: float = field(default=0.4, metadata=rule(ge=0))
+    ema_start: float = field(default=0.996, metadata=rule(ge=0, le=1))
+    ema_end: float = field(default=1.0, metadata=rule(ge=0, le=1))
+    adam_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=rule(ge=0, lt=1))
+    grad_clip: float = field(default=1.0, metadata=rule(ge=0))
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
-    checkpoint_every: int = 1_000
-    log_every: int = 50
+    checkpoint_every: int = field(default=1_000, metadata=rule(ge=1))
+    log_every: int = field(default=50, metadata=rule(ge=1))
     seed: int = 0
-    collapse_min_std: float = 0.01
-    collapse_min_rank: float = 4.0
-    collapse_after: int | None = None
+    collapse_min_std: float = field(default=0.01, metadata=rule(ge=0))
+    collapse_min_rank: float = field(default=4.0, metadata=rule(ge=0))
+    collapse_after: int | None = field(default=None, metadata=rule(ge=0))
     pin_memory: bool = True
-    prefetch: int = 4
+    prefetch: int = field(default=4, metadata=rule(ge=1))
     mask: MaskConfig = MaskConfig()
     predictor: PredictorConfig = PredictorConfig()
 
@@ -110,25 +111,10 @@ class PretrainConfig:
                       "collapse_min_std", "collapse_min_rank", "collapse_after")
 
     def __post_init__(self) -> None:
-        def need(ok: bool, key: str, expected: str) -> None:
-            if not ok:
-                raise ConfigError(f"pretrain.{key}: expected {expected}, got {getattr(self, key)!r}")
-
-        for key in ("steps", "batch_size", "crop_frames", "checkpoint_every", "log_every", "prefetch"):
-            v = getattr(self, key)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, key, "an integer >= 1")
-        need(isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps <= self.steps, "warmup_steps",
-             f"an integer in [0, steps={self.steps}]")
-        for key in ("lr", "start_lr", "final_lr"):
-            need(0.0 <= getattr(self, key) < 1.0, key, "a value in [0, 1)")
-        need(self.lr > 0, "lr", "a value > 0")
-        for key in ("weight_decay", "final_weight_decay", "grad_clip", "collapse_min_std", "collapse_min_rank"):
-            need(getattr(self, key) >= 0.0, key, "a value >= 0")
-        need(0.0 <= self.ema_start <= self.ema_end <= 1.0, "ema_start", "0 <= ema_start <= ema_end <= 1")
-        need(len(self.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in self.adam_betas), "adam_betas",
-             "two values in [0, 1)")
-        need(self.precision in ("auto", "bf16", "fp32"), "precision", "one of auto, bf16, fp32")
-        need(self.collapse_after is None or self.collapse_after >= 0, "collapse_after", "null or an integer >= 0")
+        check_fields(self)
+        need(self, self.warmup_steps <= self.steps, "warmup_steps", f"an integer in [0, steps={self.steps}]",
+             self.warmup_steps)
+        need(self, self.ema_start <= self.ema_end, "ema_start", f"<= ema_end ({self.ema_end})", self.ema_start)
 
 
 class JEPATrainer:

@@ -202,7 +202,7 @@ def test_bad_root_and_config_errors(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="real_corpus.root"):
         scan_corpus(RealCorpusConfig(source="voxceleb1"))
-    with pytest.raises(ConfigError, match="real_corpus.source"):
+    with pytest.raises(ConfigError, match="RealCorpusConfig.source"):
         RealCorpusConfig(source="timit", root="x")
     with pytest.raises(ConfigError, match="dev_fraction"):
         RealCorpusConfig(source="voxceleb2", root="x", dev_fraction=0.9)

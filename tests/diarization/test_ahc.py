@@ -29,7 +29,7 @@ def test_forced_number_of_clusters():
 
 def test_relabel_and_config():
     assert relabel_by_appearance(np.array([7, 7, 3, 9, 3])).tolist() == [0, 0, 1, 2, 1]
-    with pytest.raises(ConfigError, match="ahc.metric"):
+    with pytest.raises(ConfigError, match="AHCConfig.metric"):
         AHCConfig(metric="euclid")
     with pytest.raises(ConfigError, match="needs a fitted PLDA"):
         ahc_cluster(X, AHCConfig(metric="plda", threshold=0.0))
@@ -91,5 +91,5 @@ def test_nearest_centroid_by_cosine():
     members = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
     got = nearest_centroid(np.array([[2.0, 0.3], [0.1, 3.0], [-1.0, 0.0]]), members, np.array([7, 7, 4]))
     assert got.tolist() == [7, 4, 4]  # (-1, 0) is orthogonal to 4's centre but opposite to 7's
-    with pytest.raises(ConfigError, match="ahc.max_windows"):
+    with pytest.raises(ConfigError, match="AHCConfig.max_windows"):
         AHCConfig(max_windows=1)

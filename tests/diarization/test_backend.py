@@ -54,5 +54,5 @@ def test_fit_backend_embeds_each_speakers_clean_chunks():
     assert plda.input_dim == 8 and plda.dim == 3
     with pytest.raises(EchoError, match="DEV conversations"):
         fit_backend(model, _conversations("dev"), DiarizerConfig(segment_s=5.0), cfg)
-    with pytest.raises(ConfigError, match="backend.max_per_speaker"):
+    with pytest.raises(ConfigError, match="BackendConfig.max_per_speaker"):
         BackendConfig(max_per_speaker=1)

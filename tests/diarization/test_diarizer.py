@@ -141,7 +141,7 @@ def test_input_forms_and_errors(setup):
 
 
 def test_config_errors_name_the_params_key():
-    with pytest.raises(ConfigError, match="diarizer.chunk_s: expected finite seconds > 0, got inf"):
+    with pytest.raises(ConfigError, match="DiarizerConfig.chunk_s: expected finite seconds > 0, got inf"):
         DiarizerConfig(chunk_s=float("inf"))
     with pytest.raises(ConfigError, match="segment_step_s"):
         DiarizerConfig(segment_s=2.0, segment_step_s=3.0)

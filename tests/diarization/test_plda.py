@@ -59,7 +59,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_bad_input():
-    with pytest.raises(ConfigError, match="plda.lda_dim"):
+    with pytest.raises(ConfigError, match="PLDAConfig.lda_dim"):
         PLDAConfig(lda_dim=1)
     with pytest.raises(EchoError, match="3 speakers"):
         PLDA.fit(np.zeros((4, 3)), ["a", "a", "b", "b"])

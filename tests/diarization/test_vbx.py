@@ -116,9 +116,9 @@ def test_prior_update_counts_expected_speaker_entries():
 
 
 def test_config_validation():
-    with pytest.raises(ConfigError, match="vbx.loopP"):
+    with pytest.raises(ConfigError, match="VBxConfig.loopP"):
         VBxConfig(loopP=1.0)
-    with pytest.raises(ConfigError, match="vbx.Fb"):
+    with pytest.raises(ConfigError, match="VBxConfig.Fb"):
         VBxConfig(Fb=0)
 
 

@@ -112,7 +112,7 @@ def test_tune_on_dev_selects_by_the_stated_rule(setup):
 
 
 def test_tune_config_errors():
-    with pytest.raises(ConfigError, match="tune.Fa: expected a non-empty list"):
+    with pytest.raises(ConfigError, match="TuneConfig.Fa: expected a non-empty list"):
         TuneConfig(Fa=())
     with pytest.raises(ConfigError, match="ahc_threshold"):
         TuneConfig(ahc_threshold=("x",))

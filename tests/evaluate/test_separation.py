@@ -92,5 +92,5 @@ def test_copying_router_has_zero_improvement_and_full_count():
 def test_needs_a_router_and_valid_config():
     with pytest.raises(EchoError, match="router"):
         evaluate_routing(tiny_parts(router=False), _mixtures(1))
-    with pytest.raises(ConfigError, match="separation.threshold"):
+    with pytest.raises(ConfigError, match="SeparationConfig.threshold"):
         SeparationConfig(threshold=1.0)

@@ -69,7 +69,7 @@ def test_caps_and_config():
     cfg = ProbeConfig(max_train_frames=50, max_test_frames=20, seed=1)
     assert phone_accuracy(cf, ph, fs, cfg) == phone_accuracy(cf, ph, fs, cfg)
     assert ProbeConfig(ignore_phones=["sil", "sp"]).ignore_phones == ("sil", "sp")
-    with pytest.raises(ConfigError, match="probe.enrol_fraction"):
+    with pytest.raises(ConfigError, match="ProbeConfig.enrol_fraction"):
         ProbeConfig(enrol_fraction=1.0)
-    with pytest.raises(ConfigError, match="probe.speaker_k"):
+    with pytest.raises(ConfigError, match="ProbeConfig.speaker_k"):
         ProbeConfig(speaker_k=0)

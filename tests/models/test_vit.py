@@ -122,7 +122,7 @@ def test_load_rejects_other_versions(tmp_path):
 
 @pytest.mark.parametrize("change, key", [(dict(heads=3), "heads"), (dict(dim=0), "dim"), (dict(dropout=1.0), "dropout")])
 def test_config_validation(change, key):
-    with pytest.raises(ConfigError, match=f"encoder.{key}"):
+    with pytest.raises(ConfigError, match=f"EncoderConfig.{key}"):
         dataclasses.replace(TINY, **change)
 
 

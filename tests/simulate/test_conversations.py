@@ -179,7 +179,7 @@ def test_manifest_without_alignment(tmp_path):
 
 @pytest.mark.parametrize("bad, match", [
     (dict(overlap_ratio=0.9), "overlap_ratio"),
-    (dict(min_duration_s=10.0, max_duration_s=5.0), "min_duration_s/max_duration_s"),
+    (dict(min_duration_s=10.0, max_duration_s=5.0), "max_duration_s: expected >= min_duration_s"),
     (dict(beta_s=()), "beta_s"),
     (dict(snr_db=(30.0, 10.0)), "snr_db"),
     (dict(audio_format="wav"), "audio_format"),
@@ -195,5 +195,5 @@ def test_config_from_yaml_like_mapping_round_trips(clean_set):
     cfg = ConversationConfig(**stored)  # lists and a nested mapping, as params.yaml gives them
     assert cfg == ConversationConfig(snr_db=None, reverb_prob=0.0, overlap_ratio=0.2, **SHORT)
     assert isinstance(cfg.room.rt60_s, tuple) and isinstance(cfg.beta_s, tuple)
-    with pytest.raises(ConfigError, match=r"simulate.conversations.room: unknown key\(s\) \['rt60'\]"):
+    with pytest.raises(ConfigError, match=r"ConversationConfig.room: unknown key\(s\) \['rt60'\]"):
         ConversationConfig(room={"rt60": 0.3})

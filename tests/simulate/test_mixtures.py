@@ -125,9 +125,9 @@ def test_npy_shards_and_empty_alignment(tmp_path):
 
 
 def test_errors(corpus, tmp_path):
-    with pytest.raises(ConfigError, match="simulate.mixtures.full_overlap_prob"):
+    with pytest.raises(ConfigError, match="MixtureConfig.full_overlap_prob"):
         MixtureConfig(full_overlap_prob=1.5)
-    with pytest.raises(ConfigError, match="simulate.mixtures.min_active_s"):
+    with pytest.raises(ConfigError, match="MixtureConfig.min_active_s"):
         MixtureConfig(duration_s=2.0, min_active_s=3.0)
     with pytest.raises(EchoError, match="K values"):
         simulate_mixtures(manifest.read(corpus, "test"), MixtureConfig(), tmp_path / "x", k_values=(9,))

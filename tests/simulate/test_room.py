@@ -30,7 +30,7 @@ def test_rirs_start_at_the_direct_path_and_keep_alignment():
 
 
 def test_room_config_errors():
-    with pytest.raises(ConfigError, match="room.rt60_s"):
+    with pytest.raises(ConfigError, match="RoomConfig.rt60_s"):
         RoomConfig(rt60_s=(0.5, 0.2))
-    with pytest.raises(ConfigError, match="room.max_order"):
+    with pytest.raises(ConfigError, match="RoomConfig.max_order"):
         RoomConfig(max_order=1.5)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from echo.errors import ConfigError
+from echo.heads.router import RouterConfig
 from echo.models.bundle import EchoModel
 from echo.models.vit import Encoder
 from echo.simulate.mixtures import MixtureSet
@@ -27,10 +28,12 @@ def world(tmp_path_factory):
     return w
 
 
+ROUTER = RouterConfig(k_max=4, width=16, num_heads=2, num_layers=1)
+
+
 def _cfg(**kw) -> RoutingStageConfig:
     base = RoutingStageConfig(steps=30, batch_size=4, crop_s=1.0, lr=1e-2, encoder_lr=1e-3, warmup_steps=0,
-                              eval_every=10, checkpoint_every=10, log_every=1, k_max=4, router_width=16,
-                              router_heads=2, router_layers=1, clean_batch_size=4, trainable="top1",
+                              eval_every=10, checkpoint_every=10, log_every=1, router=ROUTER, clean_batch_size=4, trainable="top1",
                               guard=StageGuardConfig(kind="distill", weight=1.0, replay_speaker=0.1, replay_ctc=0.1))
     return dataclasses.replace(base, **kw)
 
@@ -99,6 +102,6 @@ def test_routing_learns_and_writes_the_full_bundle(world, tmp_path):
 
 def test_k_max_must_cover_the_mixtures(world, tmp_path):
     with pytest.raises(ConfigError, match="k_max"):
-        _trainer(world, tmp_path, k_max=2)
+        _trainer(world, tmp_path, router=dataclasses.replace(ROUTER, k_max=2))
     with pytest.raises(ConfigError, match="clean_batch_size"):
         _cfg(clean_batch_size=0)

@@ -141,7 +141,7 @@ def test_config_validation():
         SpeakerStageConfig(guard=StageGuardConfig(replay_speaker=0.1))
     with pytest.raises(ConfigError, match="stages.speaker.select"):
         SpeakerStageConfig(select="auc")
-    with pytest.raises(ConfigError, match="guard.kind"):
+    with pytest.raises(ConfigError, match="StageGuardConfig.kind: expected one of"):
         StageGuardConfig(kind="magic")
     with pytest.raises(ConfigError, match="stages.speaker.noisy_prob"):
         SpeakerStageConfig(noisy_prob=1.5)

@@ -88,9 +88,9 @@ def test_collapse_stops_the_run(tmp_path):
 
 
 def test_config_validation():
-    with pytest.raises(ConfigError, match="pretrain.warmup_steps"):
+    with pytest.raises(ConfigError, match="PretrainConfig.warmup_steps"):
         PretrainConfig(steps=10, warmup_steps=20)
-    with pytest.raises(ConfigError, match="pretrain.ema_start"):
+    with pytest.raises(ConfigError, match="PretrainConfig.ema_start"):
         PretrainConfig(ema_start=0.999, ema_end=0.99)
     with pytest.raises(ConfigError, match="crop_frames"):
         pretrain(tiny_config(crop_frames=50), ENC, tiny_arrays(), "unused")

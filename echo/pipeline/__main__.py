@@ -2,6 +2,7 @@
 
     python -m echo.pipeline run NODE        # run one node (what Snakemake and DVC call)
     python -m echo.pipeline dvc [--check]   # write dvc.yaml from the node registry (or check it)
+    python -m echo.pipeline snakemake [--check] # write workflow/rules/nodes.smk from the registry (or check it)
     python -m echo.pipeline schema [--check] # write the params JSON schema from the config dataclasses
     python -m echo.pipeline validate        # validate params.yaml (one line on error)
     python -m echo.pipeline parent NAME     # create the MLflow DB + parent run (Snakemake onstart)
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("dvc")
     d.add_argument("--check", action="store_true")
     d.add_argument("--params", default="params.yaml")
+    sm = sub.add_parser("snakemake")
+    sm.add_argument("--check", action="store_true")
     v = sub.add_parser("validate")
     v.add_argument("--params", default="params.yaml")
     w = sub.add_parser("worker", help="one torchrun rank of a multi-process node")
@@ -57,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
                 print("dvc.yaml is up to date")
             else:
                 write_dvc_yaml(Path("dvc.yaml"), Path(args.params))
+        elif args.cmd == "snakemake":
+            from echo.pipeline.rules import PATH, check_rules, write_rules
+
+            if args.check:
+                check_rules()
+                print(f"{PATH} is up to date")
+            else:
+                write_rules()
         elif args.cmd == "schema":
             from echo.pipeline.schema import check_schema, write_schema
 

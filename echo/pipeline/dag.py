@@ -2,9 +2,9 @@
 
 Each :class:`Node` is one concrete job (wildcards already expanded): its command, the files it
 reads (data and the package sources whose edits should re-run it), the files it writes, the
-params keys it depends on (its *slice* of params.yaml), and its metrics. ``workflow/rules/*.smk``
-turn the nodes of a stage into Snakemake rules; ``python -m echo.pipeline dvc`` writes
-``dvc.yaml`` from the same list, and a test checks the committed file is up to date.
+params keys it depends on (its *slice* of params.yaml), and its metrics. ``python -m echo.pipeline
+snakemake`` writes the Snakemake rules (``workflow/rules/nodes.smk``) and ``python -m echo.pipeline
+dvc`` writes ``dvc.yaml`` from the same list; tests check both committed files are up to date.
 """
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def nodes() -> list[Node]:
         metrics=("results/diarization.json",), threads=2))
     out.append(Node(
         "separation", "evaluation", "separation",
-        deps=("models/stages/routing", "models/stages/phonetic", "data/sim/mixtures/test"),
+        deps=("models/stages/routing", "models/stages/phonetic", "data/sim/mixtures/test", "models/pretrain"),
         outs=(), params=("evaluation.separation",),
         code=_code("echo/evaluate/separation.py", "echo/metrics/separation.py", "echo/heads/router.py"),
         metrics=("results/separation.json",), threads=2))
@@ -144,7 +144,7 @@ def nodes() -> list[Node]:
         + tuple(f"results/abilities/{st}.json" for st in ("pretrain",) + tuple(STAGE_HEADS))
         + tuple(f"results/simulation/{k}_{s}.json" for k, ss in SIMULATED.items() for s in ss)
         + ("models/pretrain",) + tuple(f"models/stages/{st}" for st in (*STAGE_HEADS, "segmentation")),
-        outs=("results/tables.md",), params=("profile",), code=_code("echo/pipeline/report.py"),
+        outs=("results/tables.md", "results/figures/training_curves.png"), params=("profile",), code=_code("echo/pipeline/report.py"),
         metrics=("results/metrics.json",)))
     return out
 

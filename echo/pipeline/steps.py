@@ -99,7 +99,7 @@ def tables(node, raw, run):
     from echo.io import write_text
     from echo.pipeline.report import render, training_curves_figure
 
-    training_curves_figure(Path("results/figures/training_curves.png"))
+    training_curves_figure(Path(node.outs[1]))
     md, metrics = render(raw)
     write_text(node.outs[0], md)
     write_json(node.metrics[0], metrics)
@@ -227,27 +227,30 @@ def stage(node, raw, run):
     from echo.features import FeatureCache
 
     name = dict(node.wildcards)["stage"]
+    # the node's deps in dag.py's order: the previous model, the feature caches, then routing's extras
+    prev, train_dir, dev_dir, noisy_dir, *extra = node.deps
     cfg = load_section(raw, f"stages.{name}")
     fe = load_section(raw, "features")
-    train = FeatureCache("data/features/train", expected=fe)
-    dev = FeatureCache("data/features/dev", expected=fe)
-    noisy = FeatureCache("data/features/train_noisy", expected=fe) if cfg.noisy_prob > 0 else None
+    train = FeatureCache(train_dir, expected=fe)
+    dev = FeatureCache(dev_dir, expected=fe)
+    noisy = FeatureCache(noisy_dir, expected=fe) if cfg.noisy_prob > 0 else None
     work = _work_dir(node.name, raw, node.params, node.deps)
     logger = (lambda m, step: run.log_metrics(m, step)) if run else None
     if name == "speaker":
         from echo.stages.speaker import train_speaker_stage
 
-        train_speaker_stage(cfg, Path("models/pretrain/encoder.pt"), train, dev, work, logger, _device(), noisy)
+        train_speaker_stage(cfg, Path(prev) / "encoder.pt", train, dev, work, logger, _device(), noisy)
     elif name == "phonetic":
         from echo.stages.phonetic import train_phonetic_stage
 
-        train_phonetic_stage(cfg, Path("models/stages/speaker/bundle"), train, dev, work, logger, _device(), noisy)
+        train_phonetic_stage(cfg, Path(prev) / "bundle", train, dev, work, logger, _device(), noisy)
     else:
         from echo.stages.routing import train_routing_stage
 
-        train_routing_stage(cfg, Path("models/stages/phonetic/bundle"), Path("data/sim/mixtures/train"),
-                            Path("data/sim/mixtures/dev"), train, work, logger, _device(),
-                            pretrained_encoder=Path("models/pretrain/encoder.pt"), dev_cache=dev, noisy_cache=noisy)
+        mix_train, mix_dev, pretrained = extra
+        train_routing_stage(cfg, Path(prev) / "bundle", Path(mix_train), Path(mix_dev), train, work, logger,
+                            _device(), pretrained_encoder=Path(pretrained) / "encoder.pt", dev_cache=dev,
+                            noisy_cache=noisy)
     _copy_outputs(work, node.outs[0], STAGE_OUTPUTS)
     return {"artifacts": {"summary": work / "summary.json"}}
 
@@ -358,11 +361,12 @@ def separation(node, raw, run):
     from echo.models.bundle import EchoModel
     from echo.simulate.mixtures import MixtureSet
 
-    model = EchoModel.load(Path(node.deps[0]) / "bundle")
+    routing, phonetic, mixtures, pretrained = node.deps
+    model = EchoModel.load(Path(routing) / "bundle")
     target_src = model.meta.get("routing_target", "stage2")
-    target = (_load_model(Path("models/pretrain/encoder.pt")) if target_src == "pretrain"
-              else EchoModel.load(Path(node.deps[1]) / "bundle").encoder)
-    out = evaluate_routing(model, MixtureSet(node.deps[2]), target_encoder=target,
+    target = (_load_model(Path(pretrained)) if target_src == "pretrain"
+              else EchoModel.load(Path(phonetic) / "bundle").encoder)
+    out = evaluate_routing(model, MixtureSet(mixtures), target_encoder=target,
                            config=load_section(raw, "evaluation.separation"))
     write_json(node.metrics[0], out)
     if run:

@@ -121,3 +121,29 @@ def test_mlflow_ui_serves_the_runs(project):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_rerun_gives_identical_weights_and_metrics(project, tmp_path):
+    """Issue 13: same machine, same params -> the same result. Pretraining and its abilities row are
+    re-run from scratch (no work/ to resume from) in a copy of the built project and compared with the
+    Snakemake build: every weight tensor exactly (the .pt archive's bytes hold its temp file's name),
+    the metrics JSON without its timing keys."""
+    import shutil
+
+    import torch
+
+    from echo.models.vit import Encoder
+
+    d = copy_project(tmp_path)
+    shutil.copytree(project / "data", d / "data")
+    for name in ("pretrain", "abilities_pretrain"):
+        _sh([sys.executable, "-m", "echo.pipeline", "run", name, "--no-mlflow"], d)
+    again, built = (Encoder.load(p / "models/pretrain/encoder.pt").state_dict() for p in (d, project))
+    assert again.keys() == built.keys()
+    assert all(torch.equal(again[k], built[k]) for k in built)
+
+    def untimed(path):
+        return {k: v for k, v in json.loads(path.read_text()).items() if not k.endswith(("_s", "_time"))}
+
+    m = "results/abilities/pretrain.json"
+    assert untimed(d / m) == untimed(project / m)

@@ -23,6 +23,7 @@ import pandas as pd
 
 from echo.config import check_fields, need, rule
 from echo.errors import CacheMismatchError, EchoError
+from echo.progress import Hook, track
 
 __all__ = ["FrontEnd", "FeatureCache", "build_feature_cache", "frame_labels", "phone_inventory"]
 
@@ -110,7 +111,7 @@ def frame_labels(align_phone, align_start, align_end, num_frames: int, hop_lengt
 def build_feature_cache(manifest: pd.DataFrame, frontend: FrontEnd, out_dir: Path,
                         inventory: list[str], shard_frames: int = 2_000_000,
                         transform: Callable[[np.ndarray, Any], np.ndarray] | None = None,
-                        hook: Callable[..., Any] | None = None) -> "FeatureCache":
+                        hook: Hook | None = None) -> "FeatureCache":
     """Compute log-mel features for every row of ``manifest`` into a sharded cache at ``out_dir``.
 
     Args:
@@ -126,7 +127,6 @@ def build_feature_cache(manifest: pd.DataFrame, frontend: FrontEnd, out_dir: Pat
             (see :mod:`echo.progress`).
     """
     from echo.audio import read_segment
-    from echo.progress import track
     from echo.io import atomic_dir, write_json, write_parquet
 
     out_dir = Path(out_dir)

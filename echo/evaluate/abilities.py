@@ -33,7 +33,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from echo.metrics.asr import phoneme_error_rate
 from echo.metrics.bootstrap import BootstrapConfig, bootstrap_ci
 from echo.metrics.probe import ProbeConfig, factorisation_gap, phone_accuracy, speaker_id_accuracy
 from echo.metrics.verification import TrialsConfig, build_trials, cosine_scores, equal_error_rate
+from echo.progress import Hook
 
 __all__ = ["AbilityConfig", "Views", "extract_views", "measure_abilities", "abilities_from_views"]
 
@@ -136,7 +137,7 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_views(model: Any, cache, config: AbilityConfig = AbilityConfig(),
-                  hook: Callable[..., Any] | None = None) -> Views:
+                  hook: Hook | None = None) -> Views:
     """Encode the selected test utterances once and collect every view (see module docstring).
 
     Args:

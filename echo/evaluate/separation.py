@@ -26,7 +26,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from echo.evaluate import model_parts
 from echo.features import FrontEnd
 from echo.metrics.bootstrap import BootstrapConfig, bootstrap_ci
 from echo.metrics.separation import evaluate_separation, speaker_count_accuracy
+from echo.progress import Hook
 
 __all__ = ["SeparationConfig", "score_mixture", "summarise_separation", "evaluate_routing"]
 
@@ -135,7 +136,7 @@ def summarise_separation(rows: Sequence[dict], bootstrap: BootstrapConfig = Boot
 @torch.no_grad()
 def evaluate_routing(model: Any, mixtures, target_encoder: torch.nn.Module | None = None,
                      config: SeparationConfig = SeparationConfig(), frontend: FrontEnd | None = None,
-                     hook: Callable[..., Any] | None = None) -> dict:
+                     hook: Hook | None = None) -> dict:
     """Route every test mixture and score it (see the module docstring for the exact targets).
 
     Args:

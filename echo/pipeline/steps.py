@@ -10,6 +10,7 @@ import numpy as np
 
 from echo.config import load_section
 from echo.io import write_json
+from echo.pipeline.progress import NodeProgress
 
 log = logging.getLogger("echo.pipeline")
 
@@ -33,11 +34,11 @@ def corpus(node, raw, run):
     if source == "embedded":
         from echo.corpus.embedded import build_embedded_corpus
 
-        df = build_embedded_corpus(load_section(raw, "corpus.embedded"), out)
+        df = build_embedded_corpus(load_section(raw, "corpus.embedded"), out, hook=NodeProgress())
     else:
         from echo.corpus.adapters import build_real_corpus
 
-        df = build_real_corpus(load_section(raw, "corpus.real"), out)  # root checked with the params
+        df = build_real_corpus(load_section(raw, "corpus.real"), out, hook=NodeProgress())  # root checked with the params
     stats = corpus_stats(df)
     stats["source"] = source
     write_json(node.metrics[0], stats)
@@ -60,7 +61,7 @@ def features(node, raw, run):
     from echo.features import build_feature_cache
 
     df, inventory = _split_rows(node)
-    cache = build_feature_cache(df, load_section(raw, "features"), Path(node.outs[0]), inventory)
+    cache = build_feature_cache(df, load_section(raw, "features"), Path(node.outs[0]), inventory, hook=NodeProgress())
     if run:
         run.log_metrics({"utterances": len(cache), "frames": float(cache.stats["frames"])})
 
@@ -84,7 +85,8 @@ def augmented_features(node, raw, run):
         drawn.append(info)
         return out
 
-    cache = build_feature_cache(df, fe, Path(node.outs[0]), inventory, transform=transform)
+    cache = build_feature_cache(df, fe, Path(node.outs[0]), inventory, transform=transform,
+                                hook=NodeProgress())
     reverb = float(np.mean([d["reverb"] for d in drawn]))
     snrs = [d["snr_db"] for d in drawn if np.isfinite(d["snr_db"])]
     log.info("augmented %d utterances: reverberant share %.2f, median SNR %.1f dB", len(drawn), reverb,
@@ -123,11 +125,11 @@ def simulate(node, raw, run):
     if kind == "conversations":
         from echo.simulate.conversations import simulate_conversations
 
-        simulate_conversations(df, cfg, out, k_values=list(spec.k), n_per_k=spec.n_per_k)
+        simulate_conversations(df, cfg, out, k_values=list(spec.k), n_per_k=spec.n_per_k, hook=NodeProgress())
     else:
         from echo.simulate.mixtures import simulate_mixtures
 
-        simulate_mixtures(df, cfg, out, k_values=list(spec.k), n_per_k=spec.n_per_k)
+        simulate_mixtures(df, cfg, out, k_values=list(spec.k), n_per_k=spec.n_per_k, hook=NodeProgress())
     stats = json.loads((out / "stats.json").read_text())
     write_json(node.metrics[0], stats)
     with atomic_path(node.outs[1]) as tmp:
@@ -281,7 +283,7 @@ def abilities(node, raw, run):
     man = mf.read(Path(node.deps[2]) / "manifest.parquet", split="test")
     refs = {u: p for u, p in zip(man["utt_id"], man["phonemes"]) if p}
     cfg = load_section(raw, "evaluation.abilities")
-    v = extract_views(model, test, cfg)
+    v = extract_views(model, test, cfg, hook=NodeProgress())
     out = measure_abilities(model, test, cfg, references=refs or None, views=v)
     out["stage"] = dict(node.wildcards)["stage"]
     write_json(node.metrics[0], out)
@@ -367,7 +369,7 @@ def separation(node, raw, run):
     target = (_load_model(Path(pretrained)) if target_src == "pretrain"
               else EchoModel.load(Path(phonetic) / "bundle").encoder)
     out = evaluate_routing(model, MixtureSet(mixtures), target_encoder=target,
-                           config=load_section(raw, "evaluation.separation"))
+                           config=load_section(raw, "evaluation.separation"), hook=NodeProgress())
     write_json(node.metrics[0], out)
     if run:
         run.log_metrics(_flat_numbers(out))

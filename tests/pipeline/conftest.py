@@ -9,7 +9,7 @@ import pytest
 
 from echo.config import load_raw, validate_raw
 from echo.pipeline import dag, steps
-from tiny_project import TINY
+from tests.pipeline.helpers import TINY
 
 
 @pytest.fixture(scope="session")

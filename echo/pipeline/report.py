@@ -85,7 +85,7 @@ ABLATION_ROWS = {"pretrain": "after pretraining", "speaker": "+speaker", "phonet
                  "routing": "+routing"}
 
 
-def evaluation_sections(results: Path) -> tuple[list[str], dict]:
+def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[str], dict]:
     """Main table, by-K tables, confusions, stage ablation and dev tuning, from the evaluation JSONs."""
     from echo.evaluate import sections as sec
 
@@ -102,14 +102,15 @@ def evaluation_sections(results: Path) -> tuple[list[str], dict]:
              sec.confusion_table(diar["blind"], "count", "Speaker-count confusion, test conversations (rows: true K)"),
              sec.separation_by_k_table(sep),
              sec.confusion_table(sep, "count", "Speaker-count confusion, test mixtures (rows: true K)")]
-    if Path("models/pretrain/curves.parquet").exists():
-        text, m = pretraining_section(Path("models/pretrain/curves.parquet"), abil.get("pretrain"))
+    pretrain_curves = models.get("pretrain", Path("-")) / "curves.parquet"
+    if pretrain_curves.exists():
+        text, m = pretraining_section(pretrain_curves, abil.get("pretrain"))
         parts.append(text)
     else:
         m = {}
     rows = {ABLATION_ROWS[k]: v for k, v in abil.items() if v is not None}
     parts.append(sec.ablation_table(rows))
-    seg_dir = Path("models/stages/segmentation")
+    seg_dir = models.get("segmentation", Path("-"))
     seg_dev = seg_dir / "dev.parquet"
     import pandas as pd
 
@@ -160,23 +161,25 @@ def pretraining_section(curves_path: Path, abil: dict | None) -> tuple[str, dict
                        f"({m['tokens_per_s_median'] * 0.04:.0f} s of audio per s). {probe}", ""]), m
 
 
-def training_curves_figure(path: Path) -> None:
+def training_curves_figure(path: Path, models: dict[str, Path]) -> None:
+    """The training curves of every model folder in ``models`` (name -> folder) that has them."""
     from echo.evaluate.figures import plot_training_curves
 
-    curves = {"pretrain (JEPA)": Path("models/pretrain/curves.parquet")}
-    curves.update({f"stage {st}": Path(f"models/stages/{st}/curves.parquet")
-                   for st in ("speaker", "phonetic", "routing", "segmentation")})
+    curves = {("pretrain (JEPA)" if name == "pretrain" else f"stage {name}"): d / "curves.parquet"
+              for name, d in models.items()}
     curves = {k: v for k, v in curves.items() if v.exists()}
     if curves:
         plot_training_curves(curves, path)
 
 
-def render(raw: dict, results: Path = Path("results"), timings: Path = Path("logs/timings")) -> tuple[str, dict]:
-    """Return (markdown, metrics dict for dvc/MLflow) from the results directory."""
+def render(raw: dict, models: dict[str, Path], results: Path = Path("results"),
+           timings: Path = Path("logs/timings")) -> tuple[str, dict]:
+    """Return (markdown, metrics dict for dvc/MLflow) from the results directory and the trained
+    model folders (``models``: name -> folder, e.g. ``{"pretrain": Path("models/pretrain"), ...}``)."""
     parts = [header_section(raw, timings)]
     metrics: dict = {}
     if (results / "diarization.json").exists():
-        ev, m = evaluation_sections(results)
+        ev, m = evaluation_sections(results, models)
         parts += ev
         metrics.update(m)
     corpus = _load(results / "corpus_stats.json")

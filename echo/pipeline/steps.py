@@ -101,8 +101,10 @@ def tables(node, raw, run):
     from echo.io import write_text
     from echo.pipeline.report import render, training_curves_figure
 
-    training_curves_figure(Path(node.outs[1]))
-    md, metrics = render(raw)
+    # the model folders this node depends on, by name (pretrain, speaker, ..., segmentation)
+    models = {Path(d).name: Path(d) for d in node.deps if not Path(d).suffix}
+    training_curves_figure(Path(node.outs[1]), models)
+    md, metrics = render(raw, models, results=Path(node.metrics[0]).parent)
     write_text(node.outs[0], md)
     write_json(node.metrics[0], metrics)
     if run:

@@ -17,3 +17,22 @@ def test_header_lists_each_node_but_the_running_tables_node(tmp_path):
     assert "| tables |" not in md and "cccccccccccc" not in md  # a previous run's timing of this node
     assert "nodes ran at `aaaaaaaaaaaa`, `bbbbbbbbbbbb`" in md and "- device(s): CPU X" in md
     assert "total node wall time: 0.0 min" in header_section({"profile": "tiny"}, tmp_path / "missing")
+
+
+def test_training_curves_come_from_the_model_folders_given(tmp_path, monkeypatch):
+    import pandas as pd
+
+    import echo.evaluate.figures as figures
+    from echo.pipeline.report import training_curves_figure
+
+    models = {"pretrain": tmp_path / "elsewhere" / "pre", "speaker": tmp_path / "s1", "routing": tmp_path / "missing"}
+    for name in ("pretrain", "speaker"):
+        models[name].mkdir(parents=True)
+        pd.DataFrame({"step": [1, 2], "loss": [1.0, 0.5]}).to_parquet(models[name] / "curves.parquet")
+    drawn = {}
+    monkeypatch.setattr(figures, "plot_training_curves", lambda curves, path: drawn.update(curves))
+    training_curves_figure(tmp_path / "fig.png", models)
+    # the folders passed in (a model without curves is left out), labelled by name, in order
+    assert drawn == {"pretrain (JEPA)": models["pretrain"] / "curves.parquet",
+                     "stage speaker": models["speaker"] / "curves.parquet"}
+    assert list(drawn) == ["pretrain (JEPA)", "stage speaker"]

@@ -31,15 +31,16 @@ import logging
 import math
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 import torch
 
 from echo.audio import SAMPLE_RATE, _SOUNDFILE_EXT, _check_path, _ffmpeg_decoder, _first_line, _soundfile_info, resample
-from echo.errors import AudioError, ConfigError
+from echo.config import check_fields, rule
+from echo.errors import AudioError
 from echo.features import FrontEnd
 from echo.progress import Hook
 
@@ -65,23 +66,16 @@ class InferenceConfig:
             stderr is a terminal.
     """
 
-    block_s: float = 60.0
-    chunk_s: float = 30.0
-    context_s: float = 4.0
-    silence_dbfs: float = -70.0
-    progress_s: float = 120.0
+    SECTION: ClassVar[str] = "inference"
+
+    block_s: float = field(default=60.0, metadata=rule(gt=0))
+    chunk_s: float = field(default=30.0, metadata=rule(gt=0))
+    context_s: float = field(default=4.0, metadata=rule(ge=0))
+    silence_dbfs: float = field(default=-70.0, metadata=rule(lt=0))
+    progress_s: float = field(default=120.0, metadata=rule(ge=0))
 
     def __post_init__(self) -> None:
-        for name in ("block_s", "chunk_s"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v > 0):
-                raise ConfigError(f"inference.{name}: expected seconds > 0, got {v!r}")
-        for name in ("context_s", "progress_s"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v >= 0):
-                raise ConfigError(f"inference.{name}: expected seconds >= 0, got {v!r}")
-        if not (isinstance(self.silence_dbfs, (int, float)) and self.silence_dbfs < 0):
-            raise ConfigError(f"inference.silence_dbfs: expected a level < 0 dBFS, got {self.silence_dbfs!r}")
+        check_fields(self)
 
 
 @dataclass(frozen=True)

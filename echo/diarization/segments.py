@@ -6,11 +6,12 @@ The diarizer's own chunks and its activity -> Annotation step live in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
-from echo.errors import ConfigError
+from echo.config import check_fields, need, rule
 
 __all__ = ["WindowConfig", "sliding_windows"]
 
@@ -24,14 +25,14 @@ class WindowConfig:
         step: hop between window starts in seconds, in (0, window].
     """
 
-    window: float = 1.5
-    step: float = 0.25
+    SECTION: ClassVar[str] = "windows"
+
+    window: float = field(default=1.5, metadata=rule(gt=0, finite=True))
+    step: float = field(default=0.25, metadata=rule(gt=0, finite=True))
 
     def __post_init__(self):
-        if not (isinstance(self.window, (int, float)) and self.window > 0):
-            raise ConfigError(f"windows.window: expected seconds > 0, got {self.window!r}")
-        if not (isinstance(self.step, (int, float)) and 0 < self.step <= self.window):
-            raise ConfigError(f"windows.step: expected seconds in (0, window={self.window}], got {self.step!r}")
+        check_fields(self)
+        need(self, self.step <= self.window, "step", f"seconds in (0, window={self.window}]", self.step)
 
 
 def sliding_windows(duration: float, config: WindowConfig = WindowConfig()) -> np.ndarray:

@@ -11,7 +11,7 @@ frame = one encoder token (40 ms), which gives greedy-decode timestamps.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from echo.corpus.manifest import SILENCE
+from echo.config import check_fields, rule
 from echo.errors import ConfigError, EchoError
 from echo.heads import Checkpointed, config_from_dict
 from echo.heads.vq import VectorQuantizer, VQConfig, VQOutput
@@ -104,24 +105,14 @@ class CTCConfig:
         frame_shift: seconds per latent frame (> 0), for decode timestamps.
     """
 
-    d_model: int = 512
-    hidden_dim: int = 256
-    num_layers: int = 1
-    dropout: float = 0.1
-    frame_shift: float = 0.04
+    d_model: int = field(default=512, metadata=rule(ge=1))
+    hidden_dim: int = field(default=256, metadata=rule(ge=1))
+    num_layers: int = field(default=1, metadata=rule(ge=0, le=4))
+    dropout: float = field(default=0.1, metadata=rule(ge=0, lt=1))
+    frame_shift: float = field(default=0.04, metadata=rule(gt=0))
 
     def __post_init__(self) -> None:
-        if self.d_model < 1:
-            raise ConfigError(f"ctc.d_model: expected >= 1, got {self.d_model}")
-        if self.hidden_dim < 1:
-            raise ConfigError(f"ctc.hidden_dim: expected >= 1, got {self.hidden_dim}")
-        if not 0 <= self.num_layers <= 4:
-            raise ConfigError(f"ctc.num_layers: expected 0..4, got {self.num_layers}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"ctc.dropout: expected 0 <= p < 1, got {self.dropout}")
-        if not self.frame_shift > 0:
-            raise ConfigError(f"ctc.frame_shift: expected > 0, got {self.frame_shift}")
-
+        check_fields(self)
 
 class CTCOutput(NamedTuple):
     log_probs: torch.Tensor  # (B, T, V) log-softmax over blank + phones

@@ -22,13 +22,14 @@ import copy
 import fnmatch
 import logging
 import re
-from dataclasses import dataclass
-from typing import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import ClassVar, Iterable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from echo.config import check_fields, need, rule
 from echo.errors import ConfigError, EchoError
 
 __all__ = ["GuardConfig", "set_trainable", "apply_guard", "trainable_parameters", "frozen_copy",
@@ -56,25 +57,21 @@ class GuardConfig:
         anchor_weight: L2-SP weight ``w`` (>= 0; 0 = off).
     """
 
+    SECTION: ClassVar[str] = "guard"
+
     trainable: str = "all"
     extra_trainable: tuple[str, ...] = ()
     frozen: tuple[str, ...] = ()
     adapter_patterns: tuple[str, ...] = ("*adapter*",)
     blocks_attr: str = "blocks"
-    distill: str = "mse"
-    distill_weight: float = 0.0
-    anchor_weight: float = 0.0
+    distill: Literal[DISTILL_KINDS] = "mse"
+    distill_weight: float = field(default=0.0, metadata=rule(ge=0))
+    anchor_weight: float = field(default=0.0, metadata=rule(ge=0))
 
     def __post_init__(self) -> None:
-        if not _TRAINABLE.match(self.trainable):
-            raise ConfigError(f"guard.trainable: expected all | none | adapters | topN (N >= 1), got {self.trainable!r}")
-        if self.distill not in DISTILL_KINDS:
-            raise ConfigError(f"guard.distill: expected one of {DISTILL_KINDS}, got {self.distill!r}")
-        if self.distill_weight < 0:
-            raise ConfigError(f"guard.distill_weight: expected >= 0, got {self.distill_weight}")
-        if self.anchor_weight < 0:
-            raise ConfigError(f"guard.anchor_weight: expected >= 0, got {self.anchor_weight}")
-
+        check_fields(self)
+        need(self, bool(_TRAINABLE.match(self.trainable)), "trainable", "all | none | adapters | topN (N >= 1)",
+             self.trainable)
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)

@@ -5,14 +5,15 @@ embedding is trained with :class:`echo.heads.arcface.ArcFaceLoss` and clustered 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from echo.errors import ConfigError
+from echo.config import check_fields, rule
 from echo.heads import Checkpointed
 from echo.heads.pooling import VARIANTS, AttentiveStatsPooling, PoolingConfig
 
@@ -31,22 +32,14 @@ class SpeakerConfig:
         batchnorm: batch-normalise the pooled statistics and the projection (x-vector style).
     """
 
-    d_model: int = 512
-    emb_dim: int = 256
-    pooling: str = "okabe"
-    attention_dim: int = 128
+    d_model: int = field(default=512, metadata=rule(ge=1))
+    emb_dim: int = field(default=256, metadata=rule(ge=1))
+    pooling: Literal[VARIANTS] = "okabe"
+    attention_dim: int = field(default=128, metadata=rule(ge=1))
     batchnorm: bool = True
 
     def __post_init__(self) -> None:
-        if self.d_model < 1:
-            raise ConfigError(f"speaker.d_model: expected >= 1, got {self.d_model}")
-        if self.emb_dim < 1:
-            raise ConfigError(f"speaker.emb_dim: expected >= 1, got {self.emb_dim}")
-        if self.pooling not in VARIANTS:
-            raise ConfigError(f"speaker.pooling: expected one of {VARIANTS}, got {self.pooling!r}")
-        if self.attention_dim < 1:
-            raise ConfigError(f"speaker.attention_dim: expected >= 1, got {self.attention_dim}")
-
+        check_fields(self)
 
 class SpeakerHead(Checkpointed, nn.Module):
     """``(B, T, d_model)`` latents + mask -> ``(B, emb_dim)`` unit-norm speaker embeddings."""

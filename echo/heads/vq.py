@@ -16,14 +16,15 @@ not a dependency of this project and do not take a padding mask.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from echo.errors import ConfigError, EchoError
+from echo.config import check_fields, need, rule
+from echo.errors import EchoError
 from echo.heads import Checkpointed
 
 __all__ = ["VQConfig", "VQOutput", "VectorQuantizer", "codebook_perplexity"]
@@ -50,39 +51,21 @@ class VQConfig:
         seed: seed of the initialisation and revival draws (>= 0).
     """
 
-    d_model: int = 512
-    codebook_size: int = 512
-    code_dim: int = 512
+    d_model: int = field(default=512, metadata=rule(ge=1))
+    codebook_size: int = field(default=512, metadata=rule(ge=2))
+    code_dim: int = field(default=512, metadata=rule(ge=1))
     project: bool = False
-    update: str = "ema"
-    ema_decay: float = 0.99
-    commitment: float = 0.25
-    dead_code_steps: int = 100
-    epsilon: float = 1e-5
-    seed: int = 0
+    update: Literal[UPDATES] = "ema"
+    ema_decay: float = field(default=0.99, metadata=rule(gt=0, lt=1))
+    commitment: float = field(default=0.25, metadata=rule(ge=0))
+    dead_code_steps: int = field(default=100, metadata=rule(ge=0))
+    epsilon: float = field(default=1e-5, metadata=rule(gt=0))
+    seed: int = field(default=0, metadata=rule(ge=0))
 
     def __post_init__(self) -> None:
-        if self.d_model < 1:
-            raise ConfigError(f"vq.d_model: expected >= 1, got {self.d_model}")
-        if self.codebook_size < 2:
-            raise ConfigError(f"vq.codebook_size: expected >= 2, got {self.codebook_size}")
-        if self.code_dim < 1:
-            raise ConfigError(f"vq.code_dim: expected >= 1, got {self.code_dim}")
-        if not self.project and self.code_dim != self.d_model:
-            raise ConfigError(f"vq.code_dim: expected == d_model ({self.d_model}) when project is false, got {self.code_dim}")
-        if self.update not in UPDATES:
-            raise ConfigError(f"vq.update: expected one of {UPDATES}, got {self.update!r}")
-        if not 0.0 < self.ema_decay < 1.0:
-            raise ConfigError(f"vq.ema_decay: expected 0 < decay < 1, got {self.ema_decay}")
-        if self.commitment < 0:
-            raise ConfigError(f"vq.commitment: expected >= 0, got {self.commitment}")
-        if self.dead_code_steps < 0:
-            raise ConfigError(f"vq.dead_code_steps: expected >= 0, got {self.dead_code_steps}")
-        if not self.epsilon > 0:
-            raise ConfigError(f"vq.epsilon: expected > 0, got {self.epsilon}")
-        if self.seed < 0:
-            raise ConfigError(f"vq.seed: expected >= 0, got {self.seed}")
-
+        check_fields(self)
+        need(self, self.project or self.code_dim == self.d_model, "code_dim",
+             f"== d_model ({self.d_model}) when project is false", self.code_dim)
 
 class VQOutput(NamedTuple):
     quantized: torch.Tensor  # (B, T, d_model) straight-through quantised latents, 0 on padding

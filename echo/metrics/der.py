@@ -21,14 +21,15 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 from pyannote.core import Annotation, Segment, Timeline
 from pyannote.metrics.diarization import DiarizationErrorRate, JaccardErrorRate
 
-from echo.errors import ConfigError, EchoError
+from echo.config import check_fields, need, rule
+from echo.errors import EchoError
 from echo.io import write_text
 
 __all__ = [
@@ -49,14 +50,14 @@ class DERConfig:
         skip_overlap: if True, overlapped reference regions are not scored.
     """
 
-    collar: float = 0.0
+    SECTION: ClassVar[str] = "der"
+
+    collar: float = field(default=0.0, metadata=rule(ge=0, finite=True))
     skip_overlap: bool = False
 
     def __post_init__(self):
-        if not (isinstance(self.collar, (int, float)) and self.collar >= 0.0):
-            raise ConfigError(f"der.collar: expected a number >= 0 (seconds, total width), got {self.collar!r}")
-        if not isinstance(self.skip_overlap, bool):
-            raise ConfigError(f"der.skip_overlap: expected true or false, got {self.skip_overlap!r}")
+        check_fields(self)
+        need(self, isinstance(self.skip_overlap, bool), "skip_overlap", "true or false", self.skip_overlap)
 
 
 PRIMARY = DERConfig(collar=0.0, skip_overlap=False)

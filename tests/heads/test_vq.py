@@ -111,3 +111,17 @@ def test_config_validation():
         VQConfig(update="gumbel")
     with pytest.raises(ConfigError):
         VQConfig(ema_decay=1.0)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"codebook_size": 1}, "VQConfig.codebook_size: expected an integer >= 2, got 1"),
+    ({"ema_decay": 1.0}, "VQConfig.ema_decay: expected a number in (0, 1), got 1.0"),
+    ({"update": "sgd"}, "VQConfig.update: expected one of ['ema', 'loss'], got 'sgd'"),
+    ({"code_dim": 3}, "VQConfig.code_dim: expected == d_model (512) when project is false, got 3"),
+])
+def test_head_config_rules_are_declared_once_and_named(changes, message):
+    from echo.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        VQConfig(**changes)
+    assert str(e.value) == message

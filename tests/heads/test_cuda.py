@@ -1,6 +1,6 @@
 """CUDA smoke test of every head at the real width (d=512, 10 s = 250 tokens); skipped without a GPU.
 
-Run on a GPU machine: ``python -m pytest -q tests/heads/test_heads_cuda.py`` (or run this file).
+Run on a GPU machine: ``python -m pytest -q tests/heads/test_cuda.py`` (or run this file).
 """
 import time
 

@@ -102,20 +102,19 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
              sec.confusion_table(diar["blind"], "count", "Speaker-count confusion, test conversations (rows: true K)"),
              sec.separation_by_k_table(sep),
              sec.confusion_table(sep, "count", "Speaker-count confusion, test mixtures (rows: true K)")]
-    pretrain_curves = models.get("pretrain", Path("-")) / "curves.parquet"
-    if pretrain_curves.exists():
-        text, m = pretraining_section(pretrain_curves, abil.get("pretrain"))
+    if "pretrain" in models and (models["pretrain"] / "curves.parquet").exists():
+        text, m = pretraining_section(models["pretrain"] / "curves.parquet", abil.get("pretrain"))
         parts.append(text)
     else:
         m = {}
     rows = {ABLATION_ROWS[k]: v for k, v in abil.items() if v is not None}
     parts.append(sec.ablation_table(rows))
-    seg_dir = models.get("segmentation", Path("-"))
-    seg_dev = seg_dir / "dev.parquet"
     import pandas as pd
 
-    parts.append(sec.segmentation_table(_load(seg_dir / "summary.json"),
-                                        pd.read_parquet(seg_dev).to_dict("records") if seg_dev.exists() else None))
+    seg_dir = models.get("segmentation")
+    seg_dev = seg_dir / "dev.parquet" if seg_dir else None
+    parts.append(sec.segmentation_table(_load(seg_dir / "summary.json") if seg_dir else None,
+                                        pd.read_parquet(seg_dev).to_dict("records") if seg_dev and seg_dev.exists() else None))
     tuning = _load(results / "diarization_tuning.json")
     if tuning:
         parts.append(sec.tuning_table(tuning["grid"]))

@@ -203,8 +203,10 @@ def pretrain_body(node, raw, run):
 
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return
+    from echo.models.bundle import ENCODER_FILE
+
     with atomic_dir(node.outs[0]) as tmp:
-        shutil.copyfile(ckpt, tmp / "encoder.pt")
+        shutil.copyfile(ckpt, tmp / ENCODER_FILE)
         shutil.copyfile(work / "curves.parquet", tmp / "curves.parquet")
 
 
@@ -229,6 +231,7 @@ STAGE_OUTPUTS = ("bundle", "curves.parquet", "dev.parquet", "summary.json")
 def stage(node, raw, run):
     """One specialisation stage on the shared encoder (speaker, phonetic or routing)."""
     from echo.features import FeatureCache
+    from echo.models.bundle import ENCODER_FILE
 
     name = dict(node.wildcards)["stage"]
     # the node's deps in dag.py's order: the previous model, the feature caches, then routing's extras
@@ -243,7 +246,7 @@ def stage(node, raw, run):
     if name == "speaker":
         from echo.stages.speaker import train_speaker_stage
 
-        train_speaker_stage(cfg, Path(prev) / "encoder.pt", train, dev, work, logger, _device(), noisy)
+        train_speaker_stage(cfg, Path(prev) / ENCODER_FILE, train, dev, work, logger, _device(), noisy)
     elif name == "phonetic":
         from echo.stages.phonetic import train_phonetic_stage
 
@@ -253,7 +256,7 @@ def stage(node, raw, run):
 
         mix_train, mix_dev, pretrained = extra
         train_routing_stage(cfg, Path(prev) / "bundle", Path(mix_train), Path(mix_dev), train, work, logger,
-                            _device(), pretrained_encoder=Path(pretrained) / "encoder.pt", dev_cache=dev,
+                            _device(), pretrained_encoder=Path(pretrained) / ENCODER_FILE, dev_cache=dev,
                             noisy_cache=noisy)
     _copy_outputs(work, node.outs[0], STAGE_OUTPUTS)
     return {"artifacts": {"summary": work / "summary.json"}}
@@ -261,8 +264,10 @@ def stage(node, raw, run):
 
 def _load_model(path: Path):
     """A stage's model: its bundle, or the pretrained encoder (the ablation's first row)."""
-    if (path / "encoder.pt").exists():
-        path = path / "encoder.pt"
+    from echo.models.bundle import ENCODER_FILE
+
+    if (path / ENCODER_FILE).exists():
+        path = path / ENCODER_FILE
     elif (path / "bundle").is_dir():
         path = path / "bundle"
     if path.suffix == ".pt":

@@ -49,6 +49,7 @@ SECTIONS: dict[str, str] = {
     "stages.phonetic": "echo.stages.phonetic:PhoneticStageConfig",
     "stages.routing": "echo.stages.routing:RoutingStageConfig",
     "stages.segmentation": "echo.stages.segmentation:SegmentationStageConfig",
+    "stages.separation": "echo.stages.separation:SeparationStageConfig",
     "evaluation.abilities": "echo.evaluate.abilities:AbilityConfig",
     "evaluation.diarizer": "echo.diarization.diarizer:DiarizerConfig",
     "evaluation.backend": "echo.diarization.backend:BackendConfig",

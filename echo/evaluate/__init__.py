@@ -4,7 +4,7 @@
   encoding, speaker-head window embeddings, PLDA + AHC + VBx, speech activity, overlap from the
   router), its back-end fitting, the dev-set grid search and DER/JER/count scoring by K.
 - :mod:`echo.evaluate.separation`: routing/separation on test mixtures (count accuracy, PIT
-  accuracy, latent SI-SDR/SI-SDRi by K).
+  accuracy, latent and waveform SI-SDR/SI-SDRi by K).
 - :mod:`echo.evaluate.abilities`: the per-stage ability probes (speaker k-NN, phone k-NN,
   factorisation gap, PER, EER) measured identically after every stage.
 - :mod:`echo.evaluate.figures`, :mod:`echo.evaluate.sections`: PNG figures and markdown tables.
@@ -39,6 +39,7 @@ class ModelParts:
         vq_ctc: CTC head through the VQ bottleneck, or None.
         router: source router ``(latents, mask) -> RouterOutput``, or None.
         segmentation: local speaker segmentation ``(latents, mask) -> powerset logits``, or None.
+        separator: slot separator ``(mixture, slots, mixture latent, active) -> waveforms``, or None.
     """
 
     encoder: nn.Module
@@ -47,13 +48,14 @@ class ModelParts:
     vq_ctc: nn.Module | None = None
     router: nn.Module | None = None
     segmentation: nn.Module | None = None
+    separator: nn.Module | None = None
 
     @property
     def device(self) -> torch.device:
         return device_of(self.encoder)
 
     def eval(self) -> "ModelParts":
-        for m in (self.encoder, self.speaker, self.ctc, self.vq_ctc, self.router, self.segmentation):
+        for m in (self.encoder, self.speaker, self.ctc, self.vq_ctc, self.router, self.segmentation, self.separator):
             if m is not None:
                 m.eval()
         return self
@@ -87,7 +89,7 @@ def model_parts(model: Any) -> ModelParts:
     if ctc is not None and vq_ctc is None and getattr(ctc, "vq", None) is not None:
         ctc, vq_ctc = None, ctc
     return ModelParts(enc, _find(model, "speaker"), ctc, vq_ctc, _find(model, "router"),
-                      _find(model, "segmentation")).eval()
+                      _find(model, "segmentation"), _find(model, "separator")).eval()
 
 
 def device_of(module: nn.Module) -> torch.device:

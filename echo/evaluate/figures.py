@@ -4,7 +4,9 @@
 - :func:`plot_timeline`: reference vs hypothesis diarization of one recording;
 - :func:`plot_latent_map`: 2-D PCA (or t-SNE) of test latents coloured by speaker and by phone,
   side by side: the factorisation made visible;
-- :func:`plot_training_curves`: curve tables (parquet/csv, a ``step`` column + metric columns).
+- :func:`plot_training_curves`: curve tables (parquet/csv, a ``step`` column + metric columns);
+- :func:`plot_separation`: log-mel spectrograms of a mixture, its separated sources and the clean
+  sources.
 
 ``matplotlib.figure.Figure`` is used directly (no pyplot state), so plotting needs no display and
 is safe inside workflow jobs.
@@ -24,7 +26,7 @@ from echo.errors import EchoError
 from echo.io import atomic_path
 
 __all__ = ["DER_TARGETS", "plot_der_by_k", "plot_timeline", "plot_latent_map", "plot_training_curves",
-           "read_curves"]
+           "read_curves", "plot_separation"]
 
 log = logging.getLogger(__name__)
 
@@ -222,4 +224,44 @@ def plot_training_curves(curves: Mapping[str, str | os.PathLike | pd.DataFrame],
             ax.legend(fontsize=7)
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
+    return _save(fig, path)
+
+
+def plot_separation(mixture: np.ndarray, separated: np.ndarray, references: np.ndarray, path: str | os.PathLike,
+                    frontend=None, title: str | None = None) -> Path:
+    """Log-mel spectrograms: the mixture (top), then each separated source beside a clean source.
+
+    Args:
+        mixture: ``(N,)`` waveform; separated: ``(S, N)`` the rendered slots; references:
+            ``(K, N)`` the clean sources (shown in their own order; the rows are not matched).
+        frontend: the :class:`~echo.features.FrontEnd` to draw with (default settings if None).
+    """
+    from echo.features import FrontEnd
+
+    fe = frontend or FrontEnd()
+    rows = 1 + max(len(separated), len(references))
+    fig = Figure(figsize=(10, 1.6 * rows))
+    axes = fig.subplots(rows, 2, squeeze=False)
+    mix = fe.compute(mixture)
+    lo, hi = np.percentile(mix, 5), mix.max()
+    extent = (0, len(mixture) / fe.sample_rate, 0, fe.n_mels)
+
+    def show(ax, wave, label):
+        ax.imshow(fe.compute(wave).T, origin="lower", aspect="auto", vmin=lo, vmax=hi, extent=extent, cmap="magma")
+        ax.set_title(label, fontsize=8)
+        ax.set_yticks([])
+
+    show(axes[0, 0], mixture, f"mixture {title or ''}".strip())
+    axes[0, 1].axis("off")
+    for i in range(1, rows):
+        if i - 1 < len(separated):
+            show(axes[i, 0], separated[i - 1], f"separated slot {i}")
+        else:
+            axes[i, 0].axis("off")
+        if i - 1 < len(references):
+            show(axes[i, 1], references[i - 1], f"clean source {i}")
+        else:
+            axes[i, 1].axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("time (s)")
     return _save(fig, path)

@@ -20,7 +20,8 @@ import numpy as np
 from echo.metrics.bootstrap import mean_std
 
 __all__ = ["PAPER", "TARGETS", "markdown_table", "format_cell", "status", "main_table", "diarization_by_k_table",
-           "separation_by_k_table", "confusion_table", "ablation_table", "tuning_table", "segmentation_table"]
+           "separation_by_k_table", "waveform_separation_table", "confusion_table", "ablation_table", "tuning_table", "segmentation_table",
+           "separator_table"]
 
 # The paper's published numbers (anchors.md), for the comparison column only.
 PAPER = {"der_blind": 15.00, "pit_accuracy": 97.80, "latent_si_sdr": 9.52, "factorisation_gap": 53.50}
@@ -30,6 +31,7 @@ TARGETS = {
     "der_k5": ("<=", 14.0), "missed": ("<=", 5.0), "fa_k1": ("<=", 3.0), "count_conversations": (">=", 90.0),
     "count_accuracy": (">=", 90.0), "pit_accuracy": (">=", 99.0), "si_sdri": (">=", 10.0),
     "factorisation_gap": (">=", 60.0), "per": ("<=", 15.0),
+    "wave_si_sdri_k2": (">=", 8.0), "wave_si_sdri_multi": (">=", 5.0),
 }
 
 Result = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
@@ -177,6 +179,11 @@ def main_table(diarization: Result = None, separation: Result = None, abilities:
         ci="pit_accuracy_ci")
     row("Latent SI-SDR (dB)", S, "si_sdr", 1, " dB", PAPER["latent_si_sdr"], ci="si_sdr_ci", sign=True)
     row("Latent SI-SDRi (dB)", S, "si_sdri", 1, " dB", target_key="si_sdri", ci="si_sdri_ci", sign=True)
+    if _get(S if isinstance(S, Mapping) else (S[0] if S else None), "waveform") is not None:
+        row("Waveform SI-SDRi, K=2 (dB)", S, "by_k.2.waveform.si_sdri", 1, " dB", target_key="wave_si_sdri_k2",
+            ci="by_k.2.waveform.si_sdri_ci", sign=True)
+        row("Waveform SI-SDRi, K=2..4 (dB)", S, "multi_speaker.waveform.si_sdri", 1, " dB",
+            target_key="wave_si_sdri_multi", ci="multi_speaker.waveform.si_sdri_ci", sign=True)
     row("Factorisation gap, speaker-ID (points)", A, "factorisation_gap", 1, " pts", PAPER["factorisation_gap"],
         "factorisation_gap", sign=True)
     row("Factorisation gap, phone (points)", A, "gap_phone_points", 1, " pts", sign=True)
@@ -249,6 +256,38 @@ def separation_by_k_table(separation: Result, title: str = "Routing / separation
         f"## {title}", "",
         markdown_table(["K", "mixtures", "count acc. (%)", "PIT acc. (%)", "latent SI-SDR (dB)", "latent SI-SDRi (dB)"], rows), "",
         f"{_note(S)} SI-SDR(i) averages matched sources; targets: count ≥ 99 %, PIT ≥ 99 %, SI-SDRi ≥ 10 dB.", ""])
+
+
+def waveform_separation_table(separation: Result, title: str = "Waveform separation by number of speakers") -> str:
+    """Waveform SI-SDR / SI-SDRi of the separator's outputs for each K, K = 2..4 and overall, with the
+    K-set matching's matched / missed / extra sources."""
+    S = separation
+    first = S if isinstance(S, Mapping) else (S[0] if S else None)
+    if first is None or _get(first, "waveform") is None:
+        return f"## {title}\n\nn/a (no separator in the evaluated model)\n"
+    rows = []
+    for k in _keys(S, "by_k") + ["K=2..4", "all"]:
+        pre = {"all": "", "K=2..4": "multi_speaker."}.get(k, f"by_k.{k}.")
+        w = pre + "waveform."
+        n, src = _point(S, pre + "n_mixtures"), _point(S, pre + "n_sources")
+        counts = [_point(S, w + key) for key in ("n_matched", "n_missed", "n_extra")]
+        target = TARGETS.get({"2": "wave_si_sdri_k2", "K=2..4": "wave_si_sdri_multi"}.get(k, ""))
+        value = _point(S, w + "si_sdri")
+        rows.append([k if not k.isdigit() else f"K={k}", f"{n:.0f}" if n is not None else "n/a",
+                     f"{src:.0f}" if src is not None else "n/a",
+                     *(f"{c:.0f}" if c is not None else "n/a" for c in counts),
+                     format_cell(S, w + "si_sdr", 1, ci=w + "si_sdr_ci", sign=True),
+                     format_cell(S, w + "si_sdri", 1, ci=w + "si_sdri_ci", sign=True),
+                     format_cell(S, w + "si_sdri_all_sources", 1, ci=w + "si_sdri_all_sources_ci", sign=True),
+                     _target_text(target, " dB"), status(value, target)])
+    return "\n".join([
+        f"## {title}", "",
+        markdown_table(["K", "mixtures", "sources", "matched", "missed", "extra", "SI-SDR (dB)", "SI-SDRi (dB)",
+                        "SI-SDRi, every source (dB)", "target", "status"], rows), "",
+        f"{_note(S)} The separator renders the router's active slots (K never given); estimates are matched to "
+        "the clean sources by the Hungarian algorithm on waveform SI-SDR. SI-SDR(i) averages the matched sources; "
+        "'every source' also counts each missed source, scored as the unprocessed mixture (0 dB improvement). "
+        "Spectrograms of one test mixture: [figure](figures/separation.png).", ""])
 
 
 def confusion_table(result: Mapping | None, path: str = "count", title: str = "Speaker-count confusion") -> str:
@@ -338,3 +377,22 @@ def segmentation_table(summary: Mapping | None, dev_rows: Sequence[Mapping] | No
                       "of active speakers is right. The encoder is frozen in this stage (hash "
                       f"{'unchanged' if summary.get('encoder_sha256_before') == summary.get('encoder_sha256_after') else 'CHANGED'}), "
                       "so the ablation's +routing row is also the final model's.", ""])
+
+
+def separator_table(summary: Mapping | None, dev_rows: Sequence[Mapping] | None) -> str:
+    """The separation stage on dev mixtures: waveform SI-SDRi (matched sources) per evaluation, by K."""
+    title = "## Slot separator (stage 5) on dev mixtures"
+    if not summary:
+        return f"{title}\n\nn/a (not trained)\n"
+    ks = sorted({key for r in dev_rows or [] for key in r if key.startswith("si_sdri_k")})
+    body = [[str(int(r["step"])) + (" (selected)" if int(r["step"]) == summary.get("best_step") else ""),
+             f"{r['si_sdri']:+.2f}", *(f"{r[k]:+.2f}" if _finite(r.get(k)) else "n/a" for k in ks),
+             f"{r['missed']:.0f}", f"{r['extra']:.0f}"] for r in dev_rows or []]
+    same = summary.get("sha256_before") == summary.get("sha256_after")
+    return "\n".join([title, "", markdown_table(["step", "SI-SDRi (dB)", *(f"K={k[len('si_sdri_k'):]}" for k in ks),
+                                                   "missed", "extra"], body), "",
+                      f"{summary.get('parameters', 'n/a')} parameters, trained on {summary.get('train_pool', 'n/a')} of "
+                      f"{summary.get('train_mixtures', 'n/a')} training mixtures (train speakers; the others have one "
+                      f"source and one slot), selected on {summary.get('dev_mixtures', 'n/a')} dev mixtures by SI-SDRi. "
+                      "The encoder and the router are frozen in this stage (hashes "
+                      f"{'unchanged' if same else 'CHANGED'}), so no other ability can move.", ""])

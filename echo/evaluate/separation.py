@@ -36,7 +36,7 @@ from echo.errors import EchoError
 from echo.evaluate import model_parts
 from echo.features import FrontEnd
 from echo.metrics.bootstrap import BootstrapConfig, bootstrap_ci
-from echo.metrics.separation import evaluate_separation, speaker_count_accuracy
+from echo.metrics.separation import evaluate_separation, evaluate_waveforms, speaker_count_accuracy
 from echo.progress import Hook
 
 __all__ = ["SeparationConfig", "score_mixture", "summarise_separation", "evaluate_routing"]
@@ -66,21 +66,29 @@ class SeparationConfig:
 
 
 def score_mixture(slots: np.ndarray, active: np.ndarray, references: np.ndarray, mixture: np.ndarray,
-                  mix_id: str = "") -> dict:
+                  mix_id: str = "", waves: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict:
     """One mixture's row: matching, correctness and SI-SDR(i) of its matched sources.
 
     Args:
         slots: ``(S, T, D)`` slot latents; active: ``(S,)`` bool; references: ``(K, T, D)``;
         mixture: ``(T, D)`` the mixture's own latent (the SI-SDRi baseline).
+        waves: ``(estimates (S, N), rendered (S,) bool, clean sources (K, N), mixture (N,))``
+            when the model has a separator (``rendered``: the active slots, or the most probable
+            one where none is): scored by :func:`~echo.metrics.separation.evaluate_waveforms` (its
+            own matching on waveform SI-SDR) under ``"wave"``.
 
     Returns:
         ``{"mix_id", "k", "k_hat", "n_correct", "n_unmatched", "n_extra", "si_sdr", "si_sdri"}``
-        (the last two: lists over matched sources, in reference order).
+        (the last two: lists over matched sources, in reference order), plus ``"wave"``.
     """
     r = evaluate_separation(slots, active, references, mixture)
-    return {"mix_id": mix_id, "k": r["k"], "k_hat": r["n_active"], "n_correct": r["n_correct"],
-            "n_unmatched": r["n_unmatched"], "n_extra": r["n_extra"], "si_sdr": list(r["si_sdr"]),
-            "si_sdri": list(r["si_sdri"])}
+    row = {"mix_id": mix_id, "k": r["k"], "k_hat": r["n_active"], "n_correct": r["n_correct"],
+           "n_unmatched": r["n_unmatched"], "n_extra": r["n_extra"], "si_sdr": list(r["si_sdr"]),
+           "si_sdri": list(r["si_sdri"])}
+    if waves is not None:
+        w = evaluate_waveforms(*waves)
+        row["wave"] = {key: w[key] for key in ("n_unmatched", "n_extra", "si_sdr", "si_sdri")}
+    return row
 
 
 def _ci(num, den, b: BootstrapConfig) -> list[float]:
@@ -91,6 +99,10 @@ def _ci(num, den, b: BootstrapConfig) -> list[float]:
     return [ci.low, ci.high]
 
 
+def _ratio(num: np.ndarray, den: np.ndarray) -> float:
+    return float(num.sum() / den.sum()) if den.sum() else math.nan
+
+
 def _block(rows: list[dict], b: BootstrapConfig) -> dict:
     k = np.array([r["k"] for r in rows], float)
     hit = np.array([r["k"] == r["k_hat"] for r in rows], float)
@@ -99,14 +111,28 @@ def _block(rows: list[dict], b: BootstrapConfig) -> dict:
     sdri = np.array([sum(r["si_sdri"]) for r in rows], float)
     nm = np.array([len(r["si_sdr"]) for r in rows], float)
     ones = np.ones_like(hit)
-    return {
+    out = {
         "n_mixtures": len(rows), "n_sources": int(k.sum()), "n_matched": int(nm.sum()),
         "n_unmatched": int(sum(r["n_unmatched"] for r in rows)), "n_extra": int(sum(r["n_extra"] for r in rows)),
         "count_accuracy": float(hit.mean()) if len(rows) else math.nan, "count_accuracy_ci": _ci(hit, ones, b),
-        "pit_accuracy": float(corr.sum() / k.sum()) if k.sum() else math.nan, "pit_accuracy_ci": _ci(corr, k, b),
-        "si_sdr": float(sdr.sum() / nm.sum()) if nm.sum() else math.nan, "si_sdr_ci": _ci(sdr, nm, b),
-        "si_sdri": float(sdri.sum() / nm.sum()) if nm.sum() else math.nan, "si_sdri_ci": _ci(sdri, nm, b),
+        "pit_accuracy": _ratio(corr, k), "pit_accuracy_ci": _ci(corr, k, b),
+        "si_sdr": _ratio(sdr, nm), "si_sdr_ci": _ci(sdr, nm, b),
+        "si_sdri": _ratio(sdri, nm), "si_sdri_ci": _ci(sdri, nm, b),
     }
+    if rows and "wave" in rows[0]:
+        w = [r["wave"] for r in rows]
+        wsdr = np.array([sum(x["si_sdr"]) for x in w], float)
+        wsdri = np.array([sum(x["si_sdri"]) for x in w], float)
+        wn = np.array([len(x["si_sdr"]) for x in w], float)
+        out["waveform"] = {
+            "n_matched": int(wn.sum()), "n_missed": int(sum(x["n_unmatched"] for x in w)),
+            "n_extra": int(sum(x["n_extra"] for x in w)),
+            "si_sdr": _ratio(wsdr, wn), "si_sdr_ci": _ci(wsdr, wn, b),
+            "si_sdri": _ratio(wsdri, wn), "si_sdri_ci": _ci(wsdri, wn, b),
+            # every reference source, a missed one scored as the mixture itself (0 dB improvement)
+            "si_sdri_all_sources": _ratio(wsdri, k), "si_sdri_all_sources_ci": _ci(wsdri, k, b),
+        }
+    return out
 
 
 def summarise_separation(rows: Sequence[dict], bootstrap: BootstrapConfig = BootstrapConfig()) -> dict:
@@ -115,8 +141,11 @@ def summarise_separation(rows: Sequence[dict], bootstrap: BootstrapConfig = Boot
     Returns:
         ``_block`` keys overall (``count_accuracy``, ``pit_accuracy``, ``si_sdr``, ``si_sdri`` with
         ``*_ci``; counts of sources/matched/unmatched/extra), plus ``count`` (``labels``,
-        ``confusion`` rows = true K), ``by_k`` (``{"2": block}``) and ``per_mixture`` (rows with
-        per-mixture mean SI-SDR/SI-SDRi). Rates are fractions, SI-SDR in dB.
+        ``confusion`` rows = true K), ``by_k`` (``{"2": block}``), ``multi_speaker`` (the block of
+        every mixture with K >= 2) and ``per_mixture`` (rows with per-mixture mean SI-SDR/SI-SDRi).
+        With waveform rows each block has ``waveform``: matched/missed/extra counts, waveform
+        ``si_sdr``/``si_sdri`` over matched sources and ``si_sdri_all_sources`` (a missed source
+        scored as the mixture, 0 dB). Rates are fractions, SI-SDR in dB.
     """
     rows = list(rows)
     out = _block(rows, bootstrap)
@@ -129,14 +158,18 @@ def summarise_separation(rows: Sequence[dict], bootstrap: BootstrapConfig = Boot
         {key: r[key] for key in ("mix_id", "k", "k_hat", "n_correct", "n_unmatched", "n_extra")}
         | {"si_sdr_mean": float(np.mean(r["si_sdr"])) if r["si_sdr"] else math.nan,
            "si_sdri_mean": float(np.mean(r["si_sdri"])) if r["si_sdri"] else math.nan}
+        | ({"wave_si_sdri_mean": float(np.mean(r["wave"]["si_sdri"])) if r["wave"]["si_sdri"] else math.nan}
+           if "wave" in r else {})
         for r in rows]
+    # the issue's "K = 2..4" figure: every mixture with more than one source
+    out["multi_speaker"] = _block([r for r in rows if r["k"] >= 2], bootstrap)
     return out
 
 
 @torch.no_grad()
 def evaluate_routing(model: Any, mixtures, target_encoder: torch.nn.Module | None = None,
                      config: SeparationConfig = SeparationConfig(), frontend: FrontEnd | None = None,
-                     hook: Hook | None = None) -> dict:
+                     hook: Hook | None = None, figure: str | None = None) -> dict:
     """Route every test mixture and score it (see the module docstring for the exact targets).
 
     Args:
@@ -150,6 +183,8 @@ def evaluate_routing(model: Any, mixtures, target_encoder: torch.nn.Module | Non
         config: :class:`SeparationConfig`.
         frontend: log-mel front-end (default: the bundle's, else the default one).
         hook: progress callback ``hook("routing", completed=batches done, total=batches)``.
+        figure: with a separator, write the spectrograms of the first two-source mixture (mixture,
+            separated, clean) to this PNG.
 
     Returns:
         :func:`summarise_separation`'s dict plus ``threshold``, ``wall_s`` and ``target``.
@@ -168,6 +203,7 @@ def evaluate_routing(model: Any, mixtures, target_encoder: torch.nn.Module | Non
         np.unique(np.linspace(0, n - 1, config.max_mixtures).round().astype(int)).tolist()
     t0 = time.perf_counter()
     rows = []
+    figure_item = None
     starts = range(0, len(idx), config.batch_size)
     for done, a in enumerate(starts, 1):
         items = [mixtures[i] for i in idx[a:a + config.batch_size]]
@@ -179,16 +215,37 @@ def evaluate_routing(model: Any, mixtures, target_encoder: torch.nn.Module | Non
         slots = routed.slots.float().cpu().numpy()
         mix_lat = out.features.float().cpu().numpy()
         refs = target(srcs).features.float().cpu().numpy()
+        waves = None
+        if parts.separator is not None:  # render every active slot (the most probable one if none is)
+            render = torch.from_numpy(active.copy())
+            none = ~render.any(dim=1)
+            render[none, routed.exist_logits.float().cpu()[none].argmax(dim=1)] = True
+            mix_wave = torch.from_numpy(np.stack([it.mixture for it in items])).to(dev)
+            waves = parts.separator(mix_wave, routed.slots, out.features, render.to(dev)).float().cpu().numpy()
+            if figure_item is None:
+                figure_item = next(((it, waves[j], render[j].numpy()) for j, it in enumerate(items)
+                                    if len(it.sources) == 2), None)
         first = 0
         for j, it in enumerate(items):
             k = len(it.sources)
-            rows.append(score_mixture(slots[j], active[j], refs[first:first + k], mix_lat[j], str(it.mix_id)))
+            w = None if waves is None else (waves[j], render[j].numpy(), it.sources, it.mixture)
+            rows.append(score_mixture(slots[j], active[j], refs[first:first + k], mix_lat[j], str(it.mix_id), w))
             first += k
         if hook is not None:
             hook("routing", completed=done, total=len(starts))
     summary = summarise_separation(rows, config.bootstrap)
     summary.update(threshold=config.threshold, wall_s=time.perf_counter() - t0,
                    target="given" if target_encoder is not None else "evaluated encoder")
+    if figure is not None and figure_item is not None:
+        from echo.evaluate.figures import plot_separation
+
+        it, est, render = figure_item
+        plot_separation(it.mixture, est[render], it.sources, figure, frontend, title=str(it.mix_id))
+        summary["figure_mixture"] = str(it.mix_id)
     log.info("routing: count acc %.3f, PIT %.3f, SI-SDR %.2f dB, SI-SDRi %.2f dB on %d mixtures",
              summary["count_accuracy"], summary["pit_accuracy"], summary["si_sdr"], summary["si_sdri"], len(rows))
+    if "waveform" in summary:
+        log.info("separation: waveform SI-SDRi %.2f dB over %d matched sources (%d missed, %d extra)",
+                 summary["waveform"]["si_sdri"], summary["waveform"]["n_matched"], summary["waveform"]["n_missed"],
+                 summary["waveform"]["n_extra"])
     return summary

@@ -10,6 +10,7 @@ A bundle is a directory::
     vq_ctc.pt     VQ bottleneck + CTC    (from stage 2)
     router.pt     SourceRouter           (from stage 3, "routing")
     segmentation.pt SegmentationHead     (from stage 4, "segmentation": local speakers with overlap)
+    separator.pt  SlotSeparator          (from stage 5, "separation": the routing slots as waveforms)
 
 Each specialisation stage writes the bundle of its state, so every stage (after pretraining,
 +speaker, +phonetic, +routing; continuous vs VQ transcription) can be evaluated the same way.
@@ -32,6 +33,7 @@ from echo.heads.arcface import ArcFaceLoss
 from echo.heads.ctc import CTCHead, PhoneInventory, ctc_greedy_decode
 from echo.heads.router import SourceRouter
 from echo.heads.segmentation import SegmentationHead
+from echo.heads.separator import SlotSeparator
 from echo.heads.speaker import SpeakerHead
 from echo.io import atomic_dir, read_json, write_json
 from echo.models.vit import Encoder, EncoderOutput
@@ -44,10 +46,10 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT = "echo.bundle"
 # Bump when the layout or the meaning of a component changes: old bundles then fail loudly.
 BUNDLE_VERSION = 1
-STAGES = ("pretrain", "speaker", "phonetic", "routing", "segmentation")
+STAGES = ("pretrain", "speaker", "phonetic", "routing", "segmentation", "separation")
 # the bundle's heads, each in its own checkpoint file (its class saves and loads itself)
 HEADS = {"speaker": SpeakerHead, "arcface": ArcFaceLoss, "ctc": CTCHead, "vq_ctc": CTCHead,
-         "router": SourceRouter, "segmentation": SegmentationHead}
+         "router": SourceRouter, "segmentation": SegmentationHead, "separator": SlotSeparator}
 # the bundle directory's file names (the one place they are spelled)
 BUNDLE_FILE = "bundle.json"
 ENCODER_FILE = "encoder.pt"
@@ -85,7 +87,7 @@ class EchoModel(nn.Module):
         encoder: the shared encoder.
         frontend: the log-mel front-end the encoder was trained on.
         stage: the last stage that shaped this model (one of :data:`STAGES`).
-        speaker, arcface, ctc, vq_ctc, router, segmentation: heads (None where not trained yet).
+        speaker, arcface, ctc, vq_ctc, router, segmentation, separator: heads (None where not trained yet).
         meta: JSON-serialisable provenance (per-stage configs, selected step, dev metrics).
     """
 
@@ -93,7 +95,7 @@ class EchoModel(nn.Module):
                  speaker: SpeakerHead | None = None, arcface: ArcFaceLoss | None = None,
                  ctc: CTCHead | None = None, vq_ctc: CTCHead | None = None,
                  router: SourceRouter | None = None, segmentation: SegmentationHead | None = None,
-                 meta: dict[str, Any] | None = None) -> None:
+                 separator: SlotSeparator | None = None, meta: dict[str, Any] | None = None) -> None:
         super().__init__()
         if stage not in STAGES:
             raise EchoError(f"bundle stage: expected one of {STAGES}, got {stage!r}")
@@ -106,7 +108,7 @@ class EchoModel(nn.Module):
         self.stage = stage
         self.meta = dict(meta or {})
         for name, mod in (("speaker", speaker), ("arcface", arcface), ("ctc", ctc), ("vq_ctc", vq_ctc),
-                          ("router", router), ("segmentation", segmentation)):
+                          ("router", router), ("segmentation", segmentation), ("separator", separator)):
             self.add_module(name, mod)
 
     # -- properties ----------------------------------------------------------------------------
@@ -166,6 +168,27 @@ class EchoModel(nn.Module):
         prob = torch.sigmoid(out.exist_logits)
         active = prob >= threshold
         return Routing(out.slots, prob, active, active.sum(dim=1))
+
+    @torch.no_grad()
+    def separate(self, mixture: torch.Tensor, threshold: float = 0.5) -> tuple[torch.Tensor, Routing]:
+        """Separate mixture waveforms ``(B, samples)`` (at the front-end's rate, a few seconds each)
+        into one waveform per active slot.
+
+        Returns:
+            ``(waves, routing)``: ``waves`` ``(B, k_max, samples)``, zero on inactive slots, summing
+            to the mixture; ``routing`` as :meth:`route`, except that a mixture with no active slot
+            has its most probable slot made active (it renders the whole mixture, so the output
+            always accounts for the input).
+        """
+        sep = self._need("separator")
+        dev = next(self.encoder.parameters()).device
+        mels = torch.stack([torch.from_numpy(self.frontend.compute(m)) for m in mixture.float().cpu().numpy()])
+        out = self.latents(mels)
+        r = self.route(out.features, out.mask, threshold)
+        active = r.active.clone()
+        none = ~active.any(dim=1)
+        active[none, r.exist_prob[none].argmax(dim=1)] = True
+        return sep(mixture.to(dev).float(), r.slots, out.features, active), r._replace(active=active, count=active.sum(1))
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

@@ -109,6 +109,13 @@ def nodes() -> list[Node]:
         code=_code("echo/stages/segmentation.py", "echo/heads/segmentation.py", "echo/diarization/backend.py",
                    "echo/diarization/diarizer.py", "echo/models/bundle.py"),
         wildcards=(("stage", "segmentation"),), gpu=1, threads=2, dirs=frozenset({"models/stages/segmentation"})))
+    out.append(Node(
+        "stage_separation", "stages", "separation_stage",
+        deps=("models/stages/routing", "data/sim/mixtures/train", "data/sim/mixtures/dev"),
+        outs=("models/stages/separation",), params=("stages.separation",),
+        code=_code("echo/stages/separation.py", "echo/heads/separator.py", "echo/metrics/separation.py",
+                   "echo/models/bundle.py", "echo/train/trainer.py"),
+        wildcards=(("stage", "separation"),), gpu=1, threads=2, dirs=frozenset({"models/stages/separation"})))
     eval_code = ("echo/evaluate/__init__.py", "echo/metrics/probe.py", "echo/metrics/verification.py",
                  "echo/metrics/asr.py", "echo/metrics/bootstrap.py")
     for st in ("pretrain",) + tuple(STAGE_HEADS):
@@ -122,7 +129,8 @@ def nodes() -> list[Node]:
                  "echo/heads/segmentation.py", "echo/metrics/der.py")
     out.append(Node(
         "backend", "evaluation", "backend",
-        deps=("models/stages/segmentation", "data/sim/conversations/train", "data/sim/conversations/dev"),
+        deps=("models/stages/segmentation", "data/sim/conversations/train", "data/sim/conversations/dev",
+              "models/stages/separation"),
         outs=("models/echo",), params=("evaluation.diarizer", "evaluation.backend", "evaluation.tune"),
         code=_code(*diar_code), metrics=("results/diarization_tuning.json",), threads=2,
         dirs=frozenset({"models/echo"})))
@@ -133,9 +141,10 @@ def nodes() -> list[Node]:
         metrics=("results/diarization.json",), threads=2))
     out.append(Node(
         "separation", "evaluation", "separation",
-        deps=("models/stages/routing", "models/stages/phonetic", "data/sim/mixtures/test", "models/pretrain"),
-        outs=(), params=("evaluation.separation",),
-        code=_code("echo/evaluate/separation.py", "echo/metrics/separation.py", "echo/heads/router.py"),
+        deps=("models/stages/separation", "models/stages/phonetic", "data/sim/mixtures/test", "models/pretrain"),
+        outs=("results/figures/separation.png",), params=("evaluation.separation",),
+        code=_code("echo/evaluate/separation.py", "echo/metrics/separation.py", "echo/heads/router.py",
+                   "echo/heads/separator.py", "echo/evaluate/figures.py"),
         metrics=("results/separation.json",), threads=2))
     out.append(Node(
         "tables", "report", "tables",
@@ -143,7 +152,7 @@ def nodes() -> list[Node]:
               "results/separation.json")
         + tuple(f"results/abilities/{st}.json" for st in ("pretrain",) + tuple(STAGE_HEADS))
         + tuple(f"results/simulation/{k}_{s}.json" for k, ss in SIMULATED.items() for s in ss)
-        + ("models/pretrain",) + tuple(f"models/stages/{st}" for st in (*STAGE_HEADS, "segmentation")),
+        + ("models/pretrain",) + tuple(f"models/stages/{st}" for st in (*STAGE_HEADS, "segmentation", "separation")),
         outs=("results/tables.md", "results/figures/training_curves.png"), params=("profile",), code=_code("echo/pipeline/report.py"),
         metrics=("results/metrics.json",)))
     return out

@@ -96,11 +96,13 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
     parts = [sec.main_table(diar["blind"], sep, final),
              "Figures: [DER by K](figures/der_by_k.png), [reference vs hypothesis timeline](figures/timeline.png), "
              "[shared latent by speaker and by phone](figures/latent_map.png), "
+             "[separated spectrograms](figures/separation.png), "
              "[training curves](figures/training_curves.png).\n",
              sec.diarization_by_k_table(diar["blind"], "Blind diarization by number of speakers (K never given)"),
              sec.diarization_by_k_table(diar["oracle"], "Oracle-K diarization by number of speakers"),
              sec.confusion_table(diar["blind"], "count", "Speaker-count confusion, test conversations (rows: true K)"),
              sec.separation_by_k_table(sep),
+             sec.waveform_separation_table(sep),
              sec.confusion_table(sep, "count", "Speaker-count confusion, test mixtures (rows: true K)")]
     if "pretrain" in models and (models["pretrain"] / "curves.parquet").exists():
         text, m = pretraining_section(models["pretrain"] / "curves.parquet", abil.get("pretrain"))
@@ -115,6 +117,10 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
     seg_dev = seg_dir / "dev.parquet" if seg_dir else None
     parts.append(sec.segmentation_table(_load(seg_dir / "summary.json") if seg_dir else None,
                                         pd.read_parquet(seg_dev).to_dict("records") if seg_dev and seg_dev.exists() else None))
+    sep_dir = models.get("separation")
+    sep_dev = sep_dir / "dev.parquet" if sep_dir else None
+    parts.append(sec.separator_table(_load(sep_dir / "summary.json") if sep_dir else None,
+                                     pd.read_parquet(sep_dev).to_dict("records") if sep_dev and sep_dev.exists() else None))
     tuning = _load(results / "diarization_tuning.json")
     if tuning:
         parts.append(sec.tuning_table(tuning["grid"]))
@@ -125,6 +131,9 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
         "diarization_rtf": diar["blind"]["real_time_factor"],
         "count_accuracy_mixtures": sep["count_accuracy"], "pit_accuracy": sep["pit_accuracy"],
         "latent_si_sdr": sep["si_sdr"], "latent_si_sdri": sep["si_sdri"],
+        "waveform_si_sdri": sep.get("waveform", {}).get("si_sdri"),
+        "waveform_si_sdri_by_k": {k: v["waveform"]["si_sdri"] for k, v in sep.get("by_k", {}).items() if "waveform" in v},
+        "waveform_si_sdri_multi_speaker": sep.get("multi_speaker", {}).get("waveform", {}).get("si_sdri"),
         "der_blind_by_k": {str(k): v["der"] for k, v in diar["blind"]["primary"].get("by_k", {}).items()},
         "missed_blind": diar["blind"]["primary"].get("missed_rate"),
         "false_alarm_blind": diar["blind"]["primary"].get("false_alarm_rate"),

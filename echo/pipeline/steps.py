@@ -319,6 +319,19 @@ def segmentation_stage(node, raw, run):
     return {"artifacts": {"summary": work / "summary.json"}}
 
 
+def separation_stage(node, raw, run):
+    """Stage 5: the slot separator (routing slots as waveforms) on the frozen routing model (train mixtures)."""
+    from echo.simulate.mixtures import MixtureSet
+    from echo.stages.separation import train_separation_stage
+
+    work = _work_dir(node.name, raw, node.params, node.deps)
+    logger = (lambda m, step: run.log_metrics(m, step)) if run else None
+    train_separation_stage(load_section(raw, "stages.separation"), Path(node.deps[0]) / "bundle",
+                           MixtureSet(node.deps[1]), MixtureSet(node.deps[2]), work, logger, _device())
+    _copy_outputs(work, node.outs[0], STAGE_OUTPUTS)
+    return {"artifacts": {"summary": work / "summary.json"}}
+
+
 def backend(node, raw, run):
     """The deployable diarizer: final bundle + PLDA fitted on TRAIN conversations + settings tuned on DEV."""
     import dataclasses
@@ -330,6 +343,8 @@ def backend(node, raw, run):
     from echo.simulate.conversations import ConversationSet
 
     model = EchoModel.load(Path(node.deps[0]) / "bundle")
+    # the deployable model also renders the routing slots as audio (`echo separate`)
+    model.separator = EchoModel.load(Path(node.deps[3]) / "bundle").separator
     dcfg = load_section(raw, "evaluation.diarizer")
     plda = fit_backend(model, ConversationSet(node.deps[1]), dcfg, load_section(raw, "evaluation.backend"))
     best, rows = tune_on_dev(Diarizer(model, plda, dcfg), ConversationSet(node.deps[2]),
@@ -365,18 +380,19 @@ def diarization(node, raw, run):
 
 
 def separation(node, raw, run):
-    """Routing of the TEST mixtures: count accuracy, PIT accuracy, latent SI-SDR(i), by K."""
+    """Routing and separation of the TEST mixtures: count and PIT accuracy, latent and waveform SI-SDR(i), by K."""
     from echo.evaluate.separation import evaluate_routing
     from echo.models.bundle import EchoModel
     from echo.simulate.mixtures import MixtureSet
 
-    routing, phonetic, mixtures, pretrained = node.deps
-    model = EchoModel.load(Path(routing) / "bundle")
+    separation_stage, phonetic, mixtures, pretrained = node.deps
+    model = EchoModel.load(Path(separation_stage) / "bundle")
     target_src = model.meta.get("routing_target", "stage2")
     target = (_load_model(Path(pretrained)) if target_src == "pretrain"
               else EchoModel.load(Path(phonetic) / "bundle").encoder)
     out = evaluate_routing(model, MixtureSet(mixtures), target_encoder=target,
-                           config=load_section(raw, "evaluation.separation"), hook=NodeProgress())
+                           config=load_section(raw, "evaluation.separation"), hook=NodeProgress(),
+                           figure=node.outs[0])
     write_json(node.metrics[0], out)
     if run:
         run.log_metrics(_flat_numbers(out))

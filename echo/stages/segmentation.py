@@ -19,7 +19,6 @@ stages' :class:`echo.stages.common.StageTrainer` does not do) on the shared trai
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import time
@@ -37,7 +36,7 @@ from echo.errors import ConfigError, EchoError
 from echo.heads.segmentation import SegmentationConfig, SegmentationHead, best_permutation, powerset_pit_loss
 from echo.io import write_json
 from echo.train.schedules import WarmupCosine
-from echo.train.trainer import check_finite, optimizer_step, write_rows
+from echo.train.trainer import check_finite, module_sha, optimizer_step, write_rows
 
 __all__ = ["SegmentationStageConfig", "local_targets", "segmentation_errors", "train_segmentation_stage"]
 
@@ -114,14 +113,6 @@ def segmentation_errors(hard: np.ndarray, target: np.ndarray) -> dict[str, float
             "false_alarm": float(np.maximum(nh - nr, 0).sum()),
             "confusion": float((np.minimum(nr, nh) - correct).sum()),
             "count_correct": float((nr == nh).sum()), "frames": float(len(nr))}
-
-
-def _encoder_sha(encoder) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(encoder.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 class _Chunks:
@@ -211,7 +202,7 @@ def train_segmentation_stage(cfg: SegmentationStageConfig, bundle_dir: str | Pat
     enc = model.encoder.eval()
     for p in enc.parameters():
         p.requires_grad_(False)
-    sha0 = _encoder_sha(enc)
+    sha0 = module_sha(enc)
     token_s = enc.cfg.patch_frames * model.frontend.hop_length / model.frontend.sample_rate
     length = max(1, round(cfg.chunk_s / token_s))
     t0 = time.perf_counter()
@@ -268,7 +259,7 @@ def train_segmentation_stage(cfg: SegmentationStageConfig, bundle_dir: str | Pat
             evaluate(step)
     head.load_state_dict(best["state"])
     head.eval()
-    if _encoder_sha(enc) != sha0:  # the stage must not touch the shared latent
+    if module_sha(enc) != sha0:  # the stage must not touch the shared latent
         raise EchoError("segmentation stage: the encoder changed during training")
     meta = dict(model.meta)
     stages = dict(meta.get("stages", {}))
@@ -282,7 +273,7 @@ def train_segmentation_stage(cfg: SegmentationStageConfig, bundle_dir: str | Pat
     write_rows(dev_rows, out_dir / "dev.parquet")
     write_json(out_dir / "summary.json", {
         "stage": "segmentation", "config": dataclasses.asdict(cfg), "steps": cfg.steps,
-        "trainable": "head only (encoder frozen)", "encoder_sha256_before": sha0, "encoder_sha256_after": _encoder_sha(enc),
+        "trainable": "head only (encoder frozen)", "encoder_sha256_before": sha0, "encoder_sha256_after": module_sha(enc),
         "selection": {"metric": "error", "higher_is_better": False}, "best_step": best["step"], "best": best["metrics"],
         "final": dev_rows[-1] if dev_rows else None, "step_time_s": float(np.median(step_times)),
         "encode_s": encode_s, "train_chunks_per_step": cfg.batch_size, "device": dev_t.type,

@@ -10,12 +10,14 @@ trainer live here, once:
 - :func:`param_groups` and :func:`optimizer_step`: AdamW groups without decay on biases and 1-D
   parameters, gradient clipping, the step;
 - :func:`check_finite`: a NaN/inf loss stops the run with one line;
+- :func:`module_sha`: the hash that shows a frozen module unchanged by a head-only stage;
 - :func:`trajectory`, :func:`save_state`, :func:`restore_state`, :func:`rows_until` and
   :func:`write_rows`: checkpoints (through :mod:`echo.train.checkpoint`), resume, training curves.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -30,7 +32,7 @@ from echo.io import write_parquet
 from echo.train.checkpoint import load_train_state, save_train_state
 
 __all__ = ["amp_dtype", "autocast", "seed_dropout", "param_groups", "optimizer_step", "check_finite",
-           "trajectory", "save_state", "restore_state", "rows_until", "write_rows"]
+           "module_sha", "trajectory", "save_state", "restore_state", "rows_until", "write_rows"]
 
 DROPOUT_STREAM = 0x64726F70  # "drop": keeps dropout seeds apart from the other (seed, step) streams
 
@@ -113,6 +115,15 @@ def check_finite(loss: float, step: int, where: str, hint: str, flush: Callable[
         if flush is not None:
             flush()
         raise EchoError(f"{where}: loss is {loss} at step {step}; {hint}")
+
+
+def module_sha(module: nn.Module) -> str:
+    """SHA-256 of a module's parameters and buffers (names and bytes): shows a frozen part unchanged."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def trajectory(cfg: Any) -> dict:

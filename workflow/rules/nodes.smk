@@ -335,6 +335,26 @@ rule stage_segmentation:
         "python -m echo.pipeline run stage_segmentation > {log} 2>&1"
 
 
+# stage: stages
+rule stage_separation:
+    input:
+        data=["models/stages/routing", "data/sim/mixtures/train", "data/sim/mixtures/dev"],
+        code=["echo/pipeline/steps.py", "echo/stages/separation.py", "echo/heads/separator.py", "echo/metrics/separation.py", "echo/models/bundle.py", "echo/train/trainer.py"],
+    output:
+        directory("models/stages/separation"),
+    params:
+        slice=params_slice(config, ["stages.separation"]),
+    log:
+        "logs/stage_separation.log",
+    benchmark:
+        "logs/benchmarks/stage_separation.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+    shell:
+        "python -m echo.pipeline run stage_separation > {log} 2>&1"
+
+
 # stage: evaluation
 rule abilities_pretrain:
     input:
@@ -419,7 +439,7 @@ rule abilities_routing:
 # stage: evaluation
 rule backend:
     input:
-        data=["models/stages/segmentation", "data/sim/conversations/train", "data/sim/conversations/dev"],
+        data=["models/stages/segmentation", "data/sim/conversations/train", "data/sim/conversations/dev", "models/stages/separation"],
         code=["echo/pipeline/steps.py", "echo/evaluate/diarize.py", "echo/diarization/diarizer.py", "echo/diarization/backend.py", "echo/diarization/plda.py", "echo/diarization/ahc.py", "echo/diarization/vbx.py", "echo/heads/segmentation.py", "echo/metrics/der.py"],
     output:
         directory("models/echo"),
@@ -463,9 +483,10 @@ rule diarization:
 # stage: evaluation
 rule separation:
     input:
-        data=["models/stages/routing", "models/stages/phonetic", "data/sim/mixtures/test", "models/pretrain"],
-        code=["echo/pipeline/steps.py", "echo/evaluate/separation.py", "echo/metrics/separation.py", "echo/heads/router.py"],
+        data=["models/stages/separation", "models/stages/phonetic", "data/sim/mixtures/test", "models/pretrain"],
+        code=["echo/pipeline/steps.py", "echo/evaluate/separation.py", "echo/metrics/separation.py", "echo/heads/router.py", "echo/heads/separator.py", "echo/evaluate/figures.py"],
     output:
+        "results/figures/separation.png",
         metrics=["results/separation.json"],
     params:
         slice=params_slice(config, ["evaluation.separation"]),
@@ -483,7 +504,7 @@ rule separation:
 # stage: report
 rule tables:
     input:
-        data=["results/corpus_stats.json", "results/diarization_tuning.json", "results/diarization.json", "results/separation.json", "results/abilities/pretrain.json", "results/abilities/speaker.json", "results/abilities/phonetic.json", "results/abilities/routing.json", "results/simulation/conversations_train.json", "results/simulation/conversations_dev.json", "results/simulation/conversations_test.json", "results/simulation/mixtures_train.json", "results/simulation/mixtures_dev.json", "results/simulation/mixtures_test.json", "models/pretrain", "models/stages/speaker", "models/stages/phonetic", "models/stages/routing", "models/stages/segmentation"],
+        data=["results/corpus_stats.json", "results/diarization_tuning.json", "results/diarization.json", "results/separation.json", "results/abilities/pretrain.json", "results/abilities/speaker.json", "results/abilities/phonetic.json", "results/abilities/routing.json", "results/simulation/conversations_train.json", "results/simulation/conversations_dev.json", "results/simulation/conversations_test.json", "results/simulation/mixtures_train.json", "results/simulation/mixtures_dev.json", "results/simulation/mixtures_test.json", "models/pretrain", "models/stages/speaker", "models/stages/phonetic", "models/stages/routing", "models/stages/segmentation", "models/stages/separation"],
         code=["echo/pipeline/steps.py", "echo/pipeline/report.py"],
     output:
         "results/tables.md",

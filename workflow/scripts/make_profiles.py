@@ -33,6 +33,8 @@ TINY = {
     "stages.routing": dict(steps=6, batch_size=4, clean_batch_size=2, warmup_steps=2, eval_every=3,
                            checkpoint_every=3, log_every=2, dev_max_utts=8),
     "stages.segmentation": dict(steps=6, batch_size=4, warmup_steps=2, eval_every=3, log_every=2),
+    "stages.separation": dict(steps=4, batch_size=2, warmup_steps=1, eval_every=2, log_every=2),
+    "stages.separation.separator": dict(width=32, hidden=64, num_blocks=2, slot_attention_every=1),
     "evaluation.abilities": dict(max_utts_per_speaker=4),
     "evaluation.abilities.trials": dict(n_target=100, n_nontarget=100),
     "evaluation.abilities.bootstrap": dict(n_boot=100),
@@ -64,6 +66,7 @@ PAPER = {
     "stages.routing": dict(steps=20000, batch_size=64, clean_batch_size=32, eval_every=1000,
                            checkpoint_every=1000, log_every=50, dev_max_utts=2000),
     "stages.segmentation": dict(steps=20000, batch_size=128, eval_every=1000, log_every=50),
+    "stages.separation": dict(steps=20000, batch_size=32, eval_every=1000, log_every=50),
     "evaluation.backend": dict(max_per_speaker=50),
 }
 

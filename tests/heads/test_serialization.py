@@ -8,6 +8,7 @@ from echo.heads.arcface import ArcFaceConfig, ArcFaceLoss
 from echo.heads.ctc import CTCConfig, CTCHead, PhoneInventory
 from echo.heads.router import RouterConfig, SourceRouter
 from echo.heads.segmentation import SegmentationConfig, SegmentationHead
+from echo.heads.separator import SeparatorConfig, SlotSeparator
 from echo.heads.speaker import SpeakerConfig, SpeakerHead
 from echo.heads.vq import VectorQuantizer, VQConfig
 
@@ -29,6 +30,10 @@ HEADS = {
     "router": (lambda: SourceRouter(RouterConfig(d_model=D, k_max=3, width=16, num_layers=1, num_heads=2)),
                lambda h, x, m: h(x, m).slots),
     "segmentation": (lambda: SegmentationHead(SegmentationConfig(d_model=D, width=8)), lambda h, x, m: h(x, m)),
+    "separator": (lambda: SlotSeparator(SeparatorConfig(d_model=D, width=8, hidden=8, num_blocks=2, num_heads=2,
+                                                        slot_attention_every=1)),
+                  lambda h, x, m: h(torch.sin(0.01 * torch.arange(x.shape[1] * 640.0)).repeat(x.shape[0], 1),
+                                    torch.stack([x, -x], 1), x, torch.ones(x.shape[0], 2, dtype=torch.bool))),
 }
 
 

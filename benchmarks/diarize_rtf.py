@@ -92,10 +92,11 @@ def long_recording(turns: list[np.ndarray], seconds: float, seed: int = 0) -> np
     return out
 
 
-def default_bundle(path: Path, paper: bool = False) -> Path:
+def default_bundle(path: Path, paper: bool = False, separator: bool = False) -> Path:
     """The deployable folder (``Diarizer.save``: bundle + ``plda.npz`` + ``diarizer.json``) of a model
     of the default profile's shapes (or the paper profile's) with random weights and default
-    diarizer settings, with a PLDA fitted on random embeddings."""
+    diarizer settings, with a PLDA fitted on random embeddings; with ``separator``, also the
+    separation stage's default slot separator."""
     import torch
 
     from echo.diarization.diarizer import Diarizer, DiarizerConfig
@@ -103,6 +104,7 @@ def default_bundle(path: Path, paper: bool = False) -> Path:
     from echo.heads.ctc import CTCConfig, CTCHead, PhoneInventory
     from echo.heads.router import SourceRouter
     from echo.heads.segmentation import SegmentationConfig, SegmentationHead
+    from echo.heads.separator import SeparatorConfig, SlotSeparator
     from echo.heads.speaker import SpeakerConfig, SpeakerHead
     from echo.models.bundle import EchoModel
     from echo.models.vit import Encoder, EncoderConfig
@@ -110,9 +112,11 @@ def default_bundle(path: Path, paper: bool = False) -> Path:
     torch.manual_seed(0)
     phones = tuple("a b d e f g h i k l m n o p r s t u v w z".split())
     shape = EncoderConfig() if paper else EncoderConfig(dim=512, depth=4, mlp_dim=1024, heads=8)
-    model = EchoModel(Encoder(shape), stage="segmentation", speaker=SpeakerHead(SpeakerConfig(d_model=shape.dim)),
+    model = EchoModel(Encoder(shape), stage="separation" if separator else "segmentation",
+                      speaker=SpeakerHead(SpeakerConfig(d_model=shape.dim)),
                       ctc=CTCHead(CTCConfig(d_model=shape.dim), PhoneInventory(phones)), router=SourceRouter(),
-                      segmentation=SegmentationHead(SegmentationConfig(d_model=shape.dim)))
+                      segmentation=SegmentationHead(SegmentationConfig(d_model=shape.dim)),
+                      separator=SlotSeparator(SeparatorConfig(d_model=shape.dim)) if separator else None)
     rng = np.random.default_rng(0)
     emb = SpeakerConfig().emb_dim
     x = np.repeat(rng.normal(size=(200, emb)), 10, 0) + 0.5 * rng.normal(size=(2000, emb))
@@ -130,16 +134,12 @@ _CHILD = ("import os, torch; torch.set_num_threads({threads}); from echo.cli imp
           "raise SystemExit(rc)")
 
 
-def run_cli(audio: Path, bundle: Path, threads: int, device: str | None, exclusive: bool = False) -> dict:
-    """Run ``python -m echo diarize`` in a fresh process; wall seconds and its peak RSS (VmHWM)."""
+def time_command(argv: list[str], audio: Path, threads: int) -> dict:
+    """Run ``python -m echo ARGV`` on ``audio`` in a fresh process with ``threads`` threads; its wall
+    seconds and peak RSS (VmHWM; its stderr goes to ``audio``'s ``.log``)."""
     hwm = audio.with_suffix(".hwm")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), ECHO_BENCH_HWM=str(hwm))
-    cmd = [sys.executable, "-c", _CHILD.format(threads=threads),
-           "diarize", str(audio), "--checkpoint", str(bundle), "--rttm", str(audio.with_suffix(".rttm"))]
-    if device:
-        cmd += ["--device", device]
-    if exclusive:
-        cmd += ["--exclusive"]
+    cmd = [sys.executable, "-c", _CHILD.format(threads=threads)] + argv
     log = audio.with_suffix(".log")
     t0 = time.perf_counter()
     with open(log, "w") as err:  # a file, not a pipe: a chatty child cannot block on a full pipe
@@ -147,10 +147,21 @@ def run_cli(audio: Path, bundle: Path, threads: int, device: str | None, exclusi
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"diarize failed on {audio}:\n{log.read_text()[-3000:]}")
-    speakers = len({line.split()[7] for line in audio.with_suffix(".rttm").read_text().splitlines()})
+        raise SystemExit(f"{argv[0]} failed on {audio}:\n{log.read_text()[-3000:]}")
     return {"wall_s": wall, "peak_rss_gb": int(hwm.read_text()) * 1024 / 1e9,
-            "maxrss_wait4_gb": usage.ru_maxrss * 1024 / 1e9, "speakers": speakers}
+            "maxrss_wait4_gb": usage.ru_maxrss * 1024 / 1e9}
+
+
+def run_cli(audio: Path, bundle: Path, threads: int, device: str | None, exclusive: bool = False) -> dict:
+    """Run ``python -m echo diarize`` in a fresh process; wall seconds and its peak RSS (VmHWM)."""
+    argv = ["diarize", str(audio), "--checkpoint", str(bundle), "--rttm", str(audio.with_suffix(".rttm"))]
+    if device:
+        argv += ["--device", device]
+    if exclusive:
+        argv += ["--exclusive"]
+    r = time_command(argv, audio, threads)
+    r["speakers"] = len({line.split()[7] for line in audio.with_suffix(".rttm").read_text().splitlines()})
+    return r
 
 
 def stage_breakdown(bundle: Path, wave: np.ndarray, threads: int, device: str) -> dict:

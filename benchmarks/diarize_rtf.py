@@ -32,6 +32,7 @@ Figures are printed, never asserted: timings depend on the machine and on what e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -40,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -164,6 +166,45 @@ def run_cli(audio: Path, bundle: Path, threads: int, device: str | None, exclusi
     return r
 
 
+@contextlib.contextmanager
+def work_dir(keep: Path | None, prefix: str) -> Iterator[Path]:
+    """``keep`` (created if needed), or a temporary folder removed afterwards."""
+    work = Path(tempfile.mkdtemp(prefix=prefix)) if keep is None else keep
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(run: Callable[[Path], dict], turns: list[np.ndarray], work: Path, minutes: list[float]) -> list[dict]:
+    """Time ``run(path)`` (one CLI process: a dict with ``wall_s``, ``peak_rss_gb`` and ``speakers``)
+    on recordings of 5 s (the start-up cost) and of each of ``minutes``, after an untimed 5 s one
+    that fills the page cache (Python, torch, the model); prints a line per recording and returns
+    the rows, with the RTF, the load average and, for the long ones, the RTF without start-up."""
+    import soundfile as sf
+
+    warm = work / "warmup.flac"
+    sf.write(warm, long_recording(turns, 5.0), SR, subtype="PCM_16")
+    run(warm)
+    print(f"load average before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs", flush=True)
+    rows = []
+    for m in [5.0 / 60.0] + list(minutes):
+        seconds = m * 60.0
+        path = work / f"rec_{int(round(seconds))}s.flac"
+        sf.write(path, long_recording(turns, seconds), SR, subtype="PCM_16")
+        r = run(path)
+        r.update(audio_s=seconds, rtf=r["wall_s"] / seconds, load_avg_1min=os.getloadavg()[0])
+        rows.append(r)
+        label = "start-up (5 s file)" if seconds < 10 else f"{m:g} min"
+        print(f"{label:>20}: wall {r['wall_s']:8.1f} s   RTF {r['rtf']:.4f}   peak RSS {r['peak_rss_gb']:.2f} GB"
+              f"   speakers {r['speakers']}   (load {r['load_avg_1min']:.2f})", flush=True)
+    for r in rows[1:]:
+        r["rtf_without_startup"] = (r["wall_s"] - rows[0]["wall_s"]) / r["audio_s"]
+    return rows
+
+
 def stage_breakdown(bundle: Path, wave: np.ndarray, threads: int, device: str) -> dict:
     """Seconds per stage of one in-process diarization (encoder, heads by forward hooks)."""
     import torch
@@ -207,31 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages-minutes", type=float, default=0.0, help="also time the stages on this many minutes")
     ap.add_argument("--keep", type=Path, help="keep the generated audio and bundle in this folder")
     args = ap.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="echo-rtf-")) if args.keep is None else args.keep
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        import soundfile as sf
-
+    with work_dir(args.keep, "echo-rtf-") as work:
         bundle = args.checkpoint or default_bundle(work / "bundle", args.paper)
         turns = synth_turns(work)
-        rows = []
-        warm = work / "warmup.flac"  # fills the page cache (Python, torch, the bundle): not timed
-        sf.write(warm, long_recording(turns, 5.0), SR, subtype="PCM_16")
-        run_cli(warm, bundle, args.threads, args.device)
-        print(f"load average before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs", flush=True)
-        for minutes in [5.0 / 60.0] + list(args.minutes):
-            seconds = minutes * 60.0
-            path = work / f"rec_{int(round(seconds))}s.flac"
-            sf.write(path, long_recording(turns, seconds), SR, subtype="PCM_16")
-            r = run_cli(path, bundle, args.threads, args.device, args.exclusive)
-            r.update(audio_s=seconds, rtf=r["wall_s"] / seconds, load_avg_1min=os.getloadavg()[0])
-            rows.append(r)
-            label = "start-up (5 s file)" if seconds < 10 else f"{minutes:g} min"
-            print(f"{label:>20}: wall {r['wall_s']:8.1f} s   RTF {r['rtf']:.4f}   peak RSS {r['peak_rss_gb']:.2f} GB"
-                  f"   speakers {r['speakers']}   (load {r['load_avg_1min']:.2f})", flush=True)
-        base = rows[0]["wall_s"]
-        for r in rows[1:]:
-            r["rtf_without_startup"] = (r["wall_s"] - base) / r["audio_s"]
+        rows = measure(lambda path: run_cli(path, bundle, args.threads, args.device, args.exclusive), turns, work,
+                       args.minutes)
         stages = None
         if args.stages_minutes > 0:
             stages = stage_breakdown(bundle, long_recording(turns, args.stages_minutes * 60.0), args.threads, args.device)
@@ -248,9 +269,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"faster, {PYANNOTE_CPU['peak_rss_gb'] / r['peak_rss_gb']:.1f}x less peak memory")
         print(json.dumps({"device": args.device, "threads": args.threads, "exclusive": args.exclusive, "rows": rows, "stages": stages,
                           "pyannote_cpu": PYANNOTE_CPU}, indent=1))
-    finally:
-        if args.keep is None:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -13,8 +13,11 @@ start-up cost is measured on a 5 s file and printed, so it can be told apart fro
 
 Without ``--checkpoint`` the model is one of the default profile's shapes with random weights
 (``diarize_rtf.default_bundle`` plus the default slot separator): the cost hardly depends on the
-weights, except through how many speakers the diarization finds (one output WAV each) and how many
-slots the router activates per chunk.
+weights, except through how many speakers the diarization finds (one output WAV each), how many
+slots the router activates per chunk, and how many chunks reach the model at all: a chunk where the
+diarization hears one speaker is copied to that speaker without it. So ``--num-speakers 4`` (the
+recording's four voices) is passed by default: a blind count of 1 (random weights often find one
+speaker) would skip the model everywhere and time only the diarization.
 
 The issue's targets: RTF <= 0.05 and peak RSS <= 2 GB at 10 minutes on 2 CPU threads. Figures are
 printed, never asserted: timings depend on the machine and on what else runs on it (the load
@@ -24,23 +27,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diarize_rtf import SR, default_bundle, long_recording, synth_turns, time_command  # noqa: E402
+from diarize_rtf import default_bundle, measure, synth_turns, time_command, work_dir  # noqa: E402
 
 TARGET = {"rtf": 0.05, "peak_rss_gb": 2.0}
 
 
-def run_separate(audio: Path, bundle: Path, threads: int, device: str | None) -> dict:
+def run_separate(audio: Path, bundle: Path, threads: int, device: str | None, num_speakers: int | None) -> dict:
     """``python -m echo separate`` on ``audio`` in a fresh process: wall seconds, peak RSS, speakers."""
     out = audio.with_suffix(".sep")
     argv = ["separate", str(audio), "--checkpoint", str(bundle), "--out-dir", str(out)]
+    if num_speakers:
+        argv += ["--num-speakers", str(num_speakers)]
     if device:
         argv += ["--device", device]
     r = time_command(argv, audio, threads)
@@ -54,44 +57,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, nargs="+", default=[10.0], help="recording lengths (default 10)")
     ap.add_argument("--threads", type=int, default=2, help="torch / BLAS threads (default 2)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--num-speakers", type=int, default=4,
+                    help="passed to separate (default 4, the recording's voices; 0: blind)")
     ap.add_argument("--checkpoint", type=Path, help="model folder to time (default: random default-shape model)")
     ap.add_argument("--keep", type=Path, help="keep the generated audio and model in this folder")
     args = ap.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="echo-sep-")) if args.keep is None else args.keep
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        import soundfile as sf
-
+    with work_dir(args.keep, "echo-sep-") as work:
         bundle = args.checkpoint or default_bundle(work / "bundle", separator=True)
-        turns = synth_turns(work)
-        warm = work / "warmup.flac"  # fills the page cache (Python, torch, the model): not timed
-        sf.write(warm, long_recording(turns, 5.0), SR, subtype="PCM_16")
-        run_separate(warm, bundle, args.threads, args.device)
-        print(f"load average before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs", flush=True)
-        rows = []
-        for minutes in [5.0 / 60.0] + list(args.minutes):
-            seconds = minutes * 60.0
-            path = work / f"rec_{int(round(seconds))}s.flac"
-            sf.write(path, long_recording(turns, seconds), SR, subtype="PCM_16")
-            r = run_separate(path, bundle, args.threads, args.device)
-            r.update(audio_s=seconds, rtf=r["wall_s"] / seconds, load_avg_1min=os.getloadavg()[0])
-            rows.append(r)
-            label = "start-up (5 s file)" if seconds < 10 else f"{minutes:g} min"
-            print(f"{label:>20}: wall {r['wall_s']:8.1f} s   RTF {r['rtf']:.4f}   peak RSS {r['peak_rss_gb']:.2f} GB"
-                  f"   speakers {r['speakers']}   (load {r['load_avg_1min']:.2f})", flush=True)
+        rows = measure(lambda path: run_separate(path, bundle, args.threads, args.device, args.num_speakers), synth_turns(work), work,
+                       args.minutes)
         for r in rows[1:]:
-            r["rtf_without_startup"] = (r["wall_s"] - rows[0]["wall_s"]) / r["audio_s"]
             met = [f"RTF {'met' if r['rtf'] <= TARGET['rtf'] else 'missed'}",
                    f"memory {'met' if r['peak_rss_gb'] <= TARGET['peak_rss_gb'] else 'missed'}"]
             print(f"targets (RTF <= {TARGET['rtf']}, <= {TARGET['peak_rss_gb']} GB) at {r['audio_s'] / 60:g} min: "
                   f"{', '.join(met)}")
         print(json.dumps({"device": args.device, "threads": args.threads, "checkpoint": str(args.checkpoint),
+                          "num_speakers": args.num_speakers,
                           "rows": rows, "target": TARGET}, indent=1))
-    finally:
-        if args.keep is None:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -9,7 +9,10 @@ three steps:
    the evaluation use), which gives the speakers of the whole recording, their activity and one
    unit speaker embedding each;
 2. cut the waveform into consecutive chunks of ``chunk_s`` seconds (the training mixtures'
-   length; the last chunk is zero-padded for the model and cropped back) and separate each;
+   length; the last chunk is zero-padded for the model and cropped back) and separate each; a
+   chunk where the diarization hears exactly one speaker is that speaker's as it is (step 3 would
+   give every slot to them, and the slots sum to the chunk), so the model only runs where two or
+   more speakers, or none, are heard;
 3. give each chunk's rendered slots to the diarization's speakers (:func:`assign_slots`): the
    speaker-head embedding of a slot's latent against the speakers' embeddings, one-to-one among
    the speakers active in the chunk (Hungarian), extra slots to their most similar active speaker,
@@ -178,24 +181,39 @@ class Separator:
         starts = np.arange(0, n, size)
         bounds = np.stack([starts, np.minimum(starts + size, n)], 1) / self.sample_rate
         active = chunk_speech(dia.speaker_diarization, dia.labels, bounds) > 0
-        dev = next(self.model.parameters()).device
-        for b0 in range(0, len(starts), self.batch_chunks):
-            batch = starts[b0:b0 + self.batch_chunks]
-            x = np.zeros((len(batch), size), np.float32)  # the last chunk: zero-padded, cropped back below
-            for i, lo in enumerate(batch):
-                piece = wave[lo:lo + size]
-                x[i, :len(piece)] = piece
-            waves, routing = self.model.separate(torch.from_numpy(x).to(dev))
-            lengths = np.minimum(batch + size, n) - batch
-            slot_emb = self._slot_embeddings(routing, lengths, size)
-            waves = waves.float().cpu().numpy()
-            for i, lo in enumerate(batch):
-                rendered = np.flatnonzero(routing.active[i].cpu().numpy())
-                owner = assign_slots(slot_emb[i][rendered], dia.speaker_embeddings, active[b0 + i])
-                for k, s in zip(rendered, owner):
-                    sources[s, lo:lo + lengths[i]] += waves[i, k, :lengths[i]]
-            if hook is not None:
-                hook("separate", completed=min(len(starts), b0 + self.batch_chunks), total=len(starts))
+        pending: list[tuple[int, np.ndarray]] = []  # (chunk, samples) waiting for a model batch
+        # chunks are read in order (a streamed input is read once more, never backwards)
+        for c, lo in enumerate(starts):
+            piece = np.asarray(wave[lo:lo + size], np.float32)
+            if active[c].sum() == 1:
+                # one speaker heard: every rendered slot would be theirs (assign_slots), and the
+                # slots sum to the chunk, so the chunk is theirs without running the model
+                sources[np.flatnonzero(active[c])[0], lo:lo + len(piece)] = piece
+            else:
+                pending.append((c, piece))
+            if len(pending) == self.batch_chunks or c == len(starts) - 1:
+                self._render(pending, starts, size, active, dia.speaker_embeddings, sources)
+                pending = []
+                if hook is not None:
+                    hook("separate", completed=c + 1, total=len(starts))
+
+    def _render(self, pending, starts: np.ndarray, size: int, active: np.ndarray, speakers: np.ndarray,
+                sources: np.ndarray) -> None:
+        """Separate a batch of chunks with the model and add each rendered slot to its speaker."""
+        if not pending:
+            return
+        x = np.zeros((len(pending), size), np.float32)  # the last chunk: zero-padded, cropped back below
+        for i, (_, piece) in enumerate(pending):
+            x[i, :len(piece)] = piece
+        lengths = np.array([len(piece) for _, piece in pending])
+        waves, routing = self.model.separate(torch.from_numpy(x).to(next(self.model.parameters()).device))
+        slot_emb = self._slot_embeddings(routing, lengths, size)
+        waves, rendered = waves.float().cpu().numpy(), routing.active.cpu().numpy()
+        for i, (c, piece) in enumerate(pending):
+            slots = np.flatnonzero(rendered[i])
+            lo = starts[c]
+            for k, s in zip(slots, assign_slots(slot_emb[i][slots], speakers, active[c])):
+                sources[s, lo:lo + len(piece)] += waves[i, k, :len(piece)]
 
     def _slot_embeddings(self, routing, lengths: np.ndarray, size: int) -> np.ndarray:
         """``(B, k_max, E)`` speaker embeddings of every slot latent, pooled over the tokens that

@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     with work_dir(args.keep, "echo-sep-") as work:
         bundle = args.checkpoint or default_bundle(work / "bundle", separator=True)
-        rows = measure(lambda path: run_separate(path, bundle, args.threads, args.device, args.num_speakers), synth_turns(work), work,
-                       args.minutes)
+        rows = measure(lambda path: run_separate(path, bundle, args.threads, args.device, args.num_speakers),
+                       synth_turns(work), work, args.minutes)
         for r in rows[1:]:
             met = [f"RTF {'met' if r['rtf'] <= TARGET['rtf'] else 'missed'}",
                    f"memory {'met' if r['peak_rss_gb'] <= TARGET['peak_rss_gb'] else 'missed'}"]

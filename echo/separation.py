@@ -184,7 +184,7 @@ class Separator:
         pending: list[tuple[int, np.ndarray]] = []  # (chunk, samples) waiting for a model batch
         # chunks are read in order (a streamed input is read once more, never backwards)
         for c, lo in enumerate(starts):
-            piece = np.asarray(wave[lo:lo + size], np.float32)
+            piece = np.array(wave[lo:lo + size], np.float32)  # a copy: a BlockReader slice views its buffer
             if active[c].sum() == 1:
                 # one speaker heard: every rendered slot would be theirs (assign_slots), and the
                 # slots sum to the chunk, so the chunk is theirs without running the model

@@ -32,6 +32,7 @@ Figures are printed, never asserted: timings depend on the machine and on what e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -40,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -92,10 +94,11 @@ def long_recording(turns: list[np.ndarray], seconds: float, seed: int = 0) -> np
     return out
 
 
-def default_bundle(path: Path, paper: bool = False) -> Path:
+def default_bundle(path: Path, paper: bool = False, separator: bool = False) -> Path:
     """The deployable folder (``Diarizer.save``: bundle + ``plda.npz`` + ``diarizer.json``) of a model
     of the default profile's shapes (or the paper profile's) with random weights and default
-    diarizer settings, with a PLDA fitted on random embeddings."""
+    diarizer settings, with a PLDA fitted on random embeddings; with ``separator``, also the
+    separation stage's default slot separator."""
     import torch
 
     from echo.diarization.diarizer import Diarizer, DiarizerConfig
@@ -103,6 +106,7 @@ def default_bundle(path: Path, paper: bool = False) -> Path:
     from echo.heads.ctc import CTCConfig, CTCHead, PhoneInventory
     from echo.heads.router import SourceRouter
     from echo.heads.segmentation import SegmentationConfig, SegmentationHead
+    from echo.heads.separator import SeparatorConfig, SlotSeparator
     from echo.heads.speaker import SpeakerConfig, SpeakerHead
     from echo.models.bundle import EchoModel
     from echo.models.vit import Encoder, EncoderConfig
@@ -110,9 +114,11 @@ def default_bundle(path: Path, paper: bool = False) -> Path:
     torch.manual_seed(0)
     phones = tuple("a b d e f g h i k l m n o p r s t u v w z".split())
     shape = EncoderConfig() if paper else EncoderConfig(dim=512, depth=4, mlp_dim=1024, heads=8)
-    model = EchoModel(Encoder(shape), stage="segmentation", speaker=SpeakerHead(SpeakerConfig(d_model=shape.dim)),
+    model = EchoModel(Encoder(shape), stage="separation" if separator else "segmentation",
+                      speaker=SpeakerHead(SpeakerConfig(d_model=shape.dim)),
                       ctc=CTCHead(CTCConfig(d_model=shape.dim), PhoneInventory(phones)), router=SourceRouter(),
-                      segmentation=SegmentationHead(SegmentationConfig(d_model=shape.dim)))
+                      segmentation=SegmentationHead(SegmentationConfig(d_model=shape.dim)),
+                      separator=SlotSeparator(SeparatorConfig(d_model=shape.dim)) if separator else None)
     rng = np.random.default_rng(0)
     emb = SpeakerConfig().emb_dim
     x = np.repeat(rng.normal(size=(200, emb)), 10, 0) + 0.5 * rng.normal(size=(2000, emb))
@@ -130,16 +136,12 @@ _CHILD = ("import os, torch; torch.set_num_threads({threads}); from echo.cli imp
           "raise SystemExit(rc)")
 
 
-def run_cli(audio: Path, bundle: Path, threads: int, device: str | None, exclusive: bool = False) -> dict:
-    """Run ``python -m echo diarize`` in a fresh process; wall seconds and its peak RSS (VmHWM)."""
+def time_command(argv: list[str], audio: Path, threads: int) -> dict:
+    """Run ``python -m echo ARGV`` on ``audio`` in a fresh process with ``threads`` threads; its wall
+    seconds and peak RSS (VmHWM; its stderr goes to ``audio``'s ``.log``)."""
     hwm = audio.with_suffix(".hwm")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), ECHO_BENCH_HWM=str(hwm))
-    cmd = [sys.executable, "-c", _CHILD.format(threads=threads),
-           "diarize", str(audio), "--checkpoint", str(bundle), "--rttm", str(audio.with_suffix(".rttm"))]
-    if device:
-        cmd += ["--device", device]
-    if exclusive:
-        cmd += ["--exclusive"]
+    cmd = [sys.executable, "-c", _CHILD.format(threads=threads)] + argv
     log = audio.with_suffix(".log")
     t0 = time.perf_counter()
     with open(log, "w") as err:  # a file, not a pipe: a chatty child cannot block on a full pipe
@@ -147,10 +149,60 @@ def run_cli(audio: Path, bundle: Path, threads: int, device: str | None, exclusi
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"diarize failed on {audio}:\n{log.read_text()[-3000:]}")
-    speakers = len({line.split()[7] for line in audio.with_suffix(".rttm").read_text().splitlines()})
+        raise SystemExit(f"{argv[0]} failed on {audio}:\n{log.read_text()[-3000:]}")
     return {"wall_s": wall, "peak_rss_gb": int(hwm.read_text()) * 1024 / 1e9,
-            "maxrss_wait4_gb": usage.ru_maxrss * 1024 / 1e9, "speakers": speakers}
+            "maxrss_wait4_gb": usage.ru_maxrss * 1024 / 1e9}
+
+
+def run_cli(audio: Path, bundle: Path, threads: int, device: str | None, exclusive: bool = False) -> dict:
+    """Run ``python -m echo diarize`` in a fresh process; wall seconds and its peak RSS (VmHWM)."""
+    argv = ["diarize", str(audio), "--checkpoint", str(bundle), "--rttm", str(audio.with_suffix(".rttm"))]
+    if device:
+        argv += ["--device", device]
+    if exclusive:
+        argv += ["--exclusive"]
+    r = time_command(argv, audio, threads)
+    r["speakers"] = len({line.split()[7] for line in audio.with_suffix(".rttm").read_text().splitlines()})
+    return r
+
+
+@contextlib.contextmanager
+def work_dir(keep: Path | None, prefix: str) -> Iterator[Path]:
+    """``keep`` (created if needed), or a temporary folder removed afterwards."""
+    work = Path(tempfile.mkdtemp(prefix=prefix)) if keep is None else keep
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(run: Callable[[Path], dict], turns: list[np.ndarray], work: Path, minutes: list[float]) -> list[dict]:
+    """Time ``run(path)`` (one CLI process: a dict with ``wall_s``, ``peak_rss_gb`` and ``speakers``)
+    on recordings of 5 s (the start-up cost) and of each of ``minutes``, after an untimed 5 s one
+    that fills the page cache (Python, torch, the model); prints a line per recording and returns
+    the rows, with the RTF, the load average and, for the long ones, the RTF without start-up."""
+    import soundfile as sf
+
+    warm = work / "warmup.flac"
+    sf.write(warm, long_recording(turns, 5.0), SR, subtype="PCM_16")
+    run(warm)
+    print(f"load average before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs", flush=True)
+    rows = []
+    for m in [5.0 / 60.0] + list(minutes):
+        seconds = m * 60.0
+        path = work / f"rec_{int(round(seconds))}s.flac"
+        sf.write(path, long_recording(turns, seconds), SR, subtype="PCM_16")
+        r = run(path)
+        r.update(audio_s=seconds, rtf=r["wall_s"] / seconds, load_avg_1min=os.getloadavg()[0])
+        rows.append(r)
+        label = "start-up (5 s file)" if seconds < 10 else f"{m:g} min"
+        print(f"{label:>20}: wall {r['wall_s']:8.1f} s   RTF {r['rtf']:.4f}   peak RSS {r['peak_rss_gb']:.2f} GB"
+              f"   speakers {r['speakers']}   (load {r['load_avg_1min']:.2f})", flush=True)
+    for r in rows[1:]:
+        r["rtf_without_startup"] = (r["wall_s"] - rows[0]["wall_s"]) / r["audio_s"]
+    return rows
 
 
 def stage_breakdown(bundle: Path, wave: np.ndarray, threads: int, device: str) -> dict:
@@ -196,31 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages-minutes", type=float, default=0.0, help="also time the stages on this many minutes")
     ap.add_argument("--keep", type=Path, help="keep the generated audio and bundle in this folder")
     args = ap.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="echo-rtf-")) if args.keep is None else args.keep
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        import soundfile as sf
-
+    with work_dir(args.keep, "echo-rtf-") as work:
         bundle = args.checkpoint or default_bundle(work / "bundle", args.paper)
         turns = synth_turns(work)
-        rows = []
-        warm = work / "warmup.flac"  # fills the page cache (Python, torch, the bundle): not timed
-        sf.write(warm, long_recording(turns, 5.0), SR, subtype="PCM_16")
-        run_cli(warm, bundle, args.threads, args.device)
-        print(f"load average before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs", flush=True)
-        for minutes in [5.0 / 60.0] + list(args.minutes):
-            seconds = minutes * 60.0
-            path = work / f"rec_{int(round(seconds))}s.flac"
-            sf.write(path, long_recording(turns, seconds), SR, subtype="PCM_16")
-            r = run_cli(path, bundle, args.threads, args.device, args.exclusive)
-            r.update(audio_s=seconds, rtf=r["wall_s"] / seconds, load_avg_1min=os.getloadavg()[0])
-            rows.append(r)
-            label = "start-up (5 s file)" if seconds < 10 else f"{minutes:g} min"
-            print(f"{label:>20}: wall {r['wall_s']:8.1f} s   RTF {r['rtf']:.4f}   peak RSS {r['peak_rss_gb']:.2f} GB"
-                  f"   speakers {r['speakers']}   (load {r['load_avg_1min']:.2f})", flush=True)
-        base = rows[0]["wall_s"]
-        for r in rows[1:]:
-            r["rtf_without_startup"] = (r["wall_s"] - base) / r["audio_s"]
+        rows = measure(lambda path: run_cli(path, bundle, args.threads, args.device, args.exclusive), turns, work,
+                       args.minutes)
         stages = None
         if args.stages_minutes > 0:
             stages = stage_breakdown(bundle, long_recording(turns, args.stages_minutes * 60.0), args.threads, args.device)
@@ -237,9 +269,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"faster, {PYANNOTE_CPU['peak_rss_gb'] / r['peak_rss_gb']:.1f}x less peak memory")
         print(json.dumps({"device": args.device, "threads": args.threads, "exclusive": args.exclusive, "rows": rows, "stages": stages,
                           "pyannote_cpu": PYANNOTE_CPU}, indent=1))
-    finally:
-        if args.keep is None:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

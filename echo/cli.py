@@ -1,8 +1,8 @@
-"""Echo on your own recordings: diarize, separate (latent streams), transcribe phones, embed speakers.
+"""Echo on your own recordings: diarize, separate speakers into WAVs, transcribe phones, embed speakers.
 
     python -m echo diarize meeting.m4a --rttm meeting.rttm           # who spoke when (blind K)
     python -m echo diarize a.wav calls/ --out-dir out/ --num-speakers 2 [--embeddings]
-    python -m echo separate meeting.wav --out-dir sources/           # per-source activity + latents
+    python -m echo separate meeting.wav --out-dir sources/           # one WAV per speaker
     python -m echo transcribe talk.mp3 --out talk.tsv                # phones with times (CTC head)
     python -m echo embed voice.flac --out voice.npy [--per-window]   # speaker embedding(s)
 
@@ -10,7 +10,8 @@
 the default workflow trains is used: ``models/echo`` under the current directory (or ``$ECHO_MODEL``),
 the folder :meth:`echo.diarization.diarizer.Diarizer.save` writes (the model bundle,
 :class:`echo.models.bundle.EchoModel`, plus the diarizer's PLDA back end ``plda.npz`` and its
-settings ``diarizer.json``); ``diarize`` loads it with ``Diarizer.from_pretrained``.
+settings ``diarizer.json``); ``diarize`` loads it with ``Diarizer.from_pretrained``, ``separate``
+with :meth:`echo.separation.Separator.from_pretrained` (the same diarizer, plus the model's separator).
 
 Inputs: WAV/FLAC/OGG/AIFF (soundfile) and MP3/M4A/anything FFmpeg reads (torchcodec), any sample
 rate and channel count; everything is mixed to mono and resampled to 16 kHz while it is read in
@@ -27,6 +28,12 @@ diarizations, the duration, the speaker count, the diarizer's warnings) and with
 ``--num-speakers``/``--min-speakers``/``--max-speakers`` are honoured exactly; a request the
 recording cannot meet at all is an error, one met only in part is an ``echo: warning:`` line (and
 in the JSON).
+
+``separate`` outputs, in ``--out-dir``: ``<name>.<label>.wav`` per speaker (16 kHz mono 16-bit PCM,
+the input's length, summing to the input), ``<name>.rttm`` (the diarization the speakers come
+from) and ``<name>.json`` (``uri``, ``input``, ``sample_rate``, ``duration``, ``speakers`` with
+their ``wav`` and ``speech_seconds``, ``warnings``); ``--chunk-seconds`` is the separation chunk
+(default 4 s). A silent recording writes the empty RTTM and the JSON, no WAV.
 
 Errors: every problem with an input, an output path or a model is one line ``echo: error: <file>:
 <problem>`` on stderr and exit status 1 (2 for bad command-line usage). Options and output paths
@@ -207,6 +214,21 @@ def _read_streamed(src, config):
     return BlockReader(lambda: stream(src, block), count), count
 
 
+def _decode(src, config):
+    """``(wave, samples)`` for the diarizer: streamed (:func:`_read_streamed`) where the file is
+    seekable, else decoded whole (MP3/M4A/...: FFmpeg, 230 MB per hour); ``wave`` is None for a
+    silent recording (said on stderr)."""
+    from echo.inference import is_silent
+
+    if src.backend == "soundfile":
+        return _read_streamed(src, config)
+    wave = _read(src, config)
+    if is_silent(wave, config.silence_dbfs):
+        print(f"echo: {src.path}: silent (peak below {config.silence_dbfs:g} dBFS)", file=sys.stderr)
+        return None, len(wave)
+    return wave, len(wave)
+
+
 def _silent(wave: np.ndarray, src, session) -> bool:
     from echo.inference import is_silent
 
@@ -330,19 +352,18 @@ def _check_seconds(value: float | None, flag: str) -> None:
         raise ConfigError(f"{flag}: expected finite seconds > 0, got {value:g}")
 
 
-def _load_diarizer(path: Path, device: str = "cpu", **overrides):
-    """:meth:`Diarizer.from_pretrained <echo.diarization.diarizer.Diarizer.from_pretrained>` with
-    the CLI's one-line errors (a file instead of a folder, foreign or corrupt files)."""
-    from echo.diarization.diarizer import Diarizer
-
+def _load_pretrained(cls, path: Path, device: str = "cpu", **overrides):
+    """``cls.from_pretrained(path)`` (the :class:`~echo.diarization.diarizer.Diarizer` or the
+    :class:`~echo.separation.Separator`) with the CLI's one-line errors (a file instead of a
+    folder, foreign or corrupt files)."""
     if not path.is_dir():
         raise EchoError(f"{path}: expected a model directory (with bundle.json), got a file")
     try:
-        return Diarizer.from_pretrained(path, device=device, **overrides)
+        return cls.from_pretrained(path, device=device, **overrides)
     except EchoError:
         raise
     except Exception as e:  # torch / numpy / json raise assorted types for foreign or corrupt files
-        raise CacheMismatchError(f"{path}: not a readable Echo diarizer ({_first_line(e)}); "
+        raise CacheMismatchError(f"{path}: not a readable Echo {cls.__name__.lower()} ({_first_line(e)}); "
                                  f"written by another model version?") from None
 
 
@@ -389,6 +410,24 @@ class _HoldWarnings(logging.Filter):
         return True
 
 
+def _run_reported(name: str, work):
+    """``work(hook)`` with a progress bar named ``name``, then ``(its output, warnings)``: the
+    output's ``warnings`` plus any others the diarizer logged meanwhile (held back so each is
+    printed once), each printed as ``echo: warning: ...``."""
+    progress, hold = _Progress(name), _HoldWarnings()
+    dlog = logging.getLogger("echo.diarization.diarizer")
+    dlog.addFilter(hold)
+    try:
+        out = work(progress)
+    finally:
+        dlog.removeFilter(hold)
+        progress.close()
+    warnings = list(out.warnings) + [w for w in hold.held if w not in out.warnings]
+    for w in warnings:
+        print(f"echo: warning: {w}", file=sys.stderr)
+    return out, warnings
+
+
 def _segments(ann) -> list[dict]:
     rows = sorted((s.start, s.end, str(lab)) for s, _, lab in ann.itertracks(yield_label=True))
     return [{"start": round(a, 3), "end": round(b, 3), "speaker": lab} for a, b, lab in rows]
@@ -398,7 +437,8 @@ def cmd_diarize(args: argparse.Namespace) -> int:
     from pyannote.core import Annotation
 
     from echo.audio import SAMPLE_RATE
-    from echo.inference import InferenceConfig, is_silent
+    from echo.diarization.diarizer import Diarizer
+    from echo.inference import InferenceConfig
     from echo.io import write_json, write_text
     from echo.metrics.der import format_rttm
 
@@ -413,37 +453,21 @@ def cmd_diarize(args: argparse.Namespace) -> int:
     config = InferenceConfig()
     device = _device(args.device)
     overrides = {} if args.chunk_seconds is None else {"chunk_s": args.chunk_seconds}
-    diarizer = _load_diarizer(resolve_model(args.checkpoint), device, **overrides)
+    diarizer = _load_pretrained(Diarizer, resolve_model(args.checkpoint), device, **overrides)
     emb_dim = diarizer.parts.speaker.config.emb_dim
     results: list[dict] = []
     for src in sources:
         uri = _uri(src.path)
-        if src.backend == "soundfile":
-            wave, count = _read_streamed(src, config)
-        else:  # MP3/M4A/...: decoded whole (FFmpeg), 230 MB per hour
-            wave = _read(src, config)
-            count = len(wave)
-            if is_silent(wave, config.silence_dbfs):
-                print(f"echo: {src.path}: silent (peak below {config.silence_dbfs:g} dBFS)", file=sys.stderr)
-                wave = None
+        wave, count = _decode(src, config)
         duration = count / SAMPLE_RATE
         if wave is None:  # silent: no speakers
             results.append({"uri": uri, "duration": duration, "over": Annotation(uri=uri), "excl": Annotation(uri=uri),
                             "emb": np.zeros((0, emb_dim), np.float32), "labels": [], "warnings": []})
             continue
-        progress, hold = _Progress(src.path.name), _HoldWarnings()
-        dlog = logging.getLogger("echo.diarization.diarizer")
-        dlog.addFilter(hold)
-        try:
-            out = diarizer(wave, num_speakers=args.num_speakers, min_speakers=args.min_speakers,
-                           max_speakers=args.max_speakers, hook=progress, uri=uri)
-        finally:
-            dlog.removeFilter(hold)
-            progress.close()
+        out, warnings = _run_reported(src.path.name, lambda hook: diarizer(
+            wave, num_speakers=args.num_speakers, min_speakers=args.min_speakers,
+            max_speakers=args.max_speakers, hook=hook, uri=uri))
         del wave
-        warnings = list(out.warnings) + [w for w in hold.held if w not in out.warnings]
-        for w in warnings:
-            print(f"echo: warning: {w}", file=sys.stderr)
         results.append({"uri": uri, "duration": duration, "over": out.speaker_diarization,
                         "excl": out.exclusive_speaker_diarization, "emb": out.speaker_embeddings,
                         "labels": list(out.labels), "warnings": warnings})
@@ -474,104 +498,50 @@ def cmd_diarize(args: argparse.Namespace) -> int:
 def cmd_separate(args: argparse.Namespace) -> int:
     from pyannote.core import Annotation
 
-    from echo.diarization.diarizer import activity_annotation
+    from echo.audio import SAMPLE_RATE
+    from echo.inference import InferenceConfig
     from echo.io import write_json, write_text
     from echo.metrics.der import format_rttm
+    from echo.separation import Separator
 
+    # options and the output folder first, then the input's header, then the model, then audio
+    _check_speaker_counts(args)
     out_dir = _check_out_dir_writable(args.out_dir)
-    if not -1.0 <= args.activity_threshold <= 1.0:
-        raise ConfigError(f"--activity-threshold: expected a cosine in [-1, 1], got {args.activity_threshold}")
-    if not args.route_seconds > 0:
-        raise ConfigError(f"--route-seconds: expected seconds > 0, got {args.route_seconds}")
     (src,) = _probe_all([args.input])
-    session = _Session(args)
-    session.require("router", "separate")
+    config = InferenceConfig()
+    chunk = {} if args.chunk_seconds is None else {"chunk_s": args.chunk_seconds}
+    separator = _load_pretrained(Separator, resolve_model(args.checkpoint), _device(args.device), **chunk)
     uri = _uri(src.path)
-    wave = _read(src, session.config)
-    ann, streams = Annotation(uri=uri), []
-    if not _silent(wave, src, session):
-        z = session.latents(wave, src.path.name)
+    wave, count = _decode(src, config)
+    speakers, warnings, diarization = [], [], Annotation(uri=uri)
+    if wave is None:
+        warnings.append(f"separate {uri}: silent (peak below {config.silence_dbfs:g} dBFS); no speakers, no WAV written")
+    else:
+        out, warnings = _run_reported(src.path.name, lambda hook: separator(
+            wave, num_speakers=args.num_speakers, min_speakers=args.min_speakers,
+            max_speakers=args.max_speakers, hook=hook, uri=uri))
         del wave
-        streams, activity = route_sources(session, z, args.route_seconds, args.activity_threshold)
-        ann = activity_annotation(activity, session.frame_shift, uri, labels=[f"src{k}" for k in range(len(streams))])
-    shift = session.frame_shift
-    for k, stream in enumerate(streams):
-        _write_npy(out_dir / f"{uri}.src{k}.npy", stream)
-    write_text(out_dir / f"{uri}.rttm", format_rttm({uri: ann}))
+        diarization = out.diarization.speaker_diarization
+        for label, source in zip(out.labels, out.sources):
+            name = f"{uri}.{label}.wav"
+            _write_wav(out_dir / name, source, out.sample_rate)
+            speakers.append({"label": label, "wav": name,
+                             "speech_seconds": round(float(diarization.label_duration(label)), 3)})
+    write_text(out_dir / f"{uri}.rttm", format_rttm({uri: diarization}))
     write_json(out_dir / f"{uri}.json", {
-        "uri": uri, "input": str(src.path), "frame_shift": shift, "num_sources": len(streams),
-        "sources": [{"label": f"src{k}", "latents": f"{uri}.src{k}.npy", "shape": list(s.shape),
-                     "speech_seconds": round(float(ann.label_duration(f"src{k}")), 3)}
-                    for k, s in enumerate(streams)],
-        "note": "latent streams only (25 frames/s, zero where the source is silent); Echo has no decoder to waveforms yet"})
+        "uri": uri, "input": str(src.path), "sample_rate": SAMPLE_RATE, "duration": round(count / SAMPLE_RATE, 3),
+        "num_speakers": len(speakers), "speakers": speakers, "warnings": warnings})
     return 0
 
 
-def route_sources(session: _Session, latents: np.ndarray, route_seconds: float = 4.0,
-                  activity_threshold: float = 0.5):
-    """Route a long latent sequence chunk by chunk and link the chunks' slots into sources.
+def _write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> None:
+    """Mono 16-bit PCM WAV, written atomically; samples beyond full scale are clipped."""
+    import soundfile as sf
 
-    The router sees ``route_seconds`` at a time (mixture-length inputs, as in training; its
-    attention is quadratic in time). Its slots are
-    unordered, so active slots of consecutive chunks are linked to the sources found so far by
-    the cosine similarity of their speaker embeddings (Hungarian matching, scipy); a slot that
-    matches no source above 0.5 starts a new one. Frame activity of a source: its slot latent is
-    far (cosine < ``activity_threshold``) from the encoder's latent of digital silence, which is
-    what a slot is trained to produce where its source is silent (the target is the encoder
-    applied to the isolated source). Hand-written heuristics: no library links K-set slots
-    across chunks.
+    from echo.io import atomic_path
 
-    Returns:
-        ``(streams, activity)``: per source a ``(N, D)`` float32 latent stream (zero where the
-        source is silent or absent) and ``(N, S)`` bool frame activity.
-    """
-    import torch
-    from scipy.optimize import linear_sum_assignment
-
-    model, dev = session.model, session.device
-    n = len(latents)
-    per_chunk = max(1, round(route_seconds / session.frame_shift))
-    silence = session.latents(np.zeros(16000 * 2, np.float32))[2:-2].mean(0)
-    silence = silence / max(np.linalg.norm(silence), 1e-12)
-    streams: list[np.ndarray] = []
-    signatures: list[np.ndarray] = []
-    for lo in range(0, n, per_chunk):
-        hi = min(n, lo + per_chunk)
-        zc = torch.from_numpy(latents[lo:hi])[None].to(dev)
-        r = model.route(zc)
-        slots = r.slots[0][r.active[0]]  # (A, T, D)
-        if len(slots) == 0:
-            continue
-        if model.speaker is not None:
-            sig = model.embed_speaker(slots).float().cpu().numpy()
-        else:
-            sig = slots.mean(1).float().cpu().numpy()
-        sig = sig / np.maximum(np.linalg.norm(sig, axis=1, keepdims=True), 1e-12)
-        target = np.full(len(sig), -1)
-        if signatures:
-            cos = sig @ np.stack(signatures).T
-            rows, cols = linear_sum_assignment(-cos)
-            for i, j in zip(rows, cols):
-                if cos[i, j] >= 0.5:
-                    target[i] = j
-        slots_np = slots.float().cpu().numpy()
-        for i, j in enumerate(target):
-            if j < 0:
-                j = len(streams)
-                streams.append(np.zeros((n, latents.shape[1]), np.float32))
-                signatures.append(sig[i])
-            else:  # running signature, so a source's voice is tracked as it drifts
-                s = signatures[j] + sig[i]
-                signatures[j] = s / max(np.linalg.norm(s), 1e-12)
-            streams[j][lo:hi] = slots_np[i]
-    activity = np.zeros((n, len(streams)), dtype=bool)
-    for k, st in enumerate(streams):
-        norm = np.linalg.norm(st, axis=1)
-        cos = (st @ silence) / np.maximum(norm, 1e-12)
-        activity[:, k] = (norm > 0) & (cos < activity_threshold)
-        st[~activity[:, k]] = 0.0
-    found = [k for k in range(len(streams)) if activity[:, k].any()]  # a source never active is not detected
-    return [streams[k] for k in found], activity[:, found]
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
 
 
 # -- transcribe ----------------------------------------------------------------------------------
@@ -647,15 +617,20 @@ def window_embeddings(model, latents: np.ndarray, windows: np.ndarray, frame_shi
 
 
 # -- parser --------------------------------------------------------------------------------------
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, chunk_help: str = "audio the encoder sees at once (finite, > 0; default 30, "
+                                                          "diarize: the model's setting); bounds memory") -> None:
     p.add_argument("--checkpoint", metavar="DIR",
                    help=f"model bundle directory (default: $ECHO_MODEL or ./{DEFAULT_MODEL}, written by `{TRAIN_COMMAND}`)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="where the model runs (default: cuda when available, else cpu)")
-    p.add_argument("--chunk-seconds", type=float, default=None, metavar="S",
-                   help="audio the encoder sees at once (finite, > 0; default 30, diarize: the model's setting); "
-                        "bounds memory")
+    p.add_argument("--chunk-seconds", type=float, default=None, metavar="S", help=chunk_help)
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+
+
+def _speaker_counts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-speakers", type=int, metavar="K", help="exactly K speakers")
+    p.add_argument("--min-speakers", type=int, metavar="K", help="at least K speakers")
+    p.add_argument("--max-speakers", type=int, metavar="K", help="at most K speakers")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -676,9 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out-dir", metavar="DIR",
                      help="per input <name>.rttm and <name>.json (both the overlapping and the exclusive "
                           "diarization, duration, warnings) in DIR")
-    d.add_argument("--num-speakers", type=int, metavar="K", help="exactly K speakers")
-    d.add_argument("--min-speakers", type=int, metavar="K", help="at least K speakers")
-    d.add_argument("--max-speakers", type=int, metavar="K", help="at most K speakers")
+    _speaker_counts(d)
     d.add_argument("--exclusive", action="store_true",
                    help="the RTTM written is the exclusive diarization (one speaker at a time, e.g. to align "
                         "with ASR words); the JSON always has both")
@@ -688,19 +661,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(d)
     d.set_defaults(func=cmd_diarize)
 
-    s = sub.add_parser("separate", help="per-source activity (RTTM) and latent streams (.npy)",
-                       description="Route the recording's latents into sources (an unknown number). Writes, "
-                                   "per detected source, its activity (<name>.rttm) and its latent stream "
-                                   "(<name>.src<k>.npy, 25 frames/s), plus <name>.json. No waveforms: Echo has "
-                                   "no decoder from latents back to audio yet.")
+    s = sub.add_parser("separate", help="one WAV per speaker (+ RTTM, JSON)",
+                       description="Separate a recording into its speakers: diarize it (as `diarize` does), "
+                                   "separate it in --chunk-seconds chunks with the separation stage's model and "
+                                   "give each chunk's sources to the diarization's speakers. Writes in --out-dir "
+                                   "<name>.<label>.wav per speaker (16 kHz mono, 16-bit PCM, the input's length; "
+                                   "they sum to the input), <name>.rttm (the diarization) and <name>.json (the "
+                                   "speakers with their WAV files and speech seconds, duration, warnings). A silent "
+                                   "recording writes no WAV and says so in the JSON.")
     s.add_argument("input", metavar="IN", help="audio file")
     s.add_argument("--out-dir", metavar="DIR", required=True, help="output directory")
-    s.add_argument("--route-seconds", type=float, default=4.0, metavar="S",
-                   help="audio the router splits at once (default 4 s, the training mixtures' length); "
-                        "sources are linked across these chunks")
-    s.add_argument("--activity-threshold", type=float, default=0.5, metavar="COS",
-                   help="a source is active where its latent's cosine to the silence latent is below this (default 0.5)")
-    _common(s)
+    _speaker_counts(s)
+    _common(s, chunk_help="audio separated at once (finite, > 0; default 4, the training mixtures' length); "
+                          "the diarization keeps the model's setting")
     s.set_defaults(func=cmd_separate)
 
     t = sub.add_parser("transcribe", help="phones with times (CTC head)",

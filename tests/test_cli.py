@@ -13,51 +13,18 @@ import torch
 from echo import audio
 from echo.cli import DEFAULT_MODEL, main
 from echo.diarization.diarizer import MODEL_FILES, Diarizer, DiarizerConfig
-from echo.diarization.plda import PLDA, PLDAConfig
 from echo.diarization.segments import WindowConfig, sliding_windows
-from echo.heads.ctc import CTCConfig, CTCHead, PhoneInventory
-from echo.heads.router import RouterConfig, SourceRouter
-from echo.heads.segmentation import SegmentationConfig, SegmentationHead
-from echo.heads.speaker import SpeakerConfig, SpeakerHead
 from echo.metrics.der import format_rttm, read_rttm
 from echo.models.bundle import EchoModel
-from echo.models.vit import Encoder, EncoderConfig
+from tests.helpers import E, talk, tiny_diarizer
 
-D, E = 32, 16
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg CLI not installed")
 
 
-def _diarizer():
-    """A random-weight model with every head the CLI uses (the segmentation head for diarize) and
-    a PLDA fitted on random embeddings."""
-    torch.manual_seed(0)
-    model = EchoModel(
-        Encoder(EncoderConfig(dim=D, depth=1, heads=2, mlp_dim=64)), stage="segmentation",
-        speaker=SpeakerHead(SpeakerConfig(d_model=D, emb_dim=E, attention_dim=8)),
-        ctc=CTCHead(CTCConfig(d_model=D, hidden_dim=16, num_layers=0), PhoneInventory(("a", "b", "c"))),
-        router=SourceRouter(RouterConfig(d_model=D, k_max=3, width=16, num_layers=1, num_heads=2)),
-        segmentation=SegmentationHead(SegmentationConfig(d_model=D, width=16, num_layers=1)))
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(8, E))
-    x = np.repeat(centres, 12, 0) + 0.3 * rng.normal(size=(96, E))
-    plda = PLDA.fit(x, np.repeat(np.arange(8), 12), PLDAConfig(lda_dim=6))
-    return Diarizer(model.eval(), plda, DiarizerConfig(segment_s=2.0, segment_step_s=1.0))
-
-
 def _bundle(path):
-    """The deployable folder (bundle + plda.npz + diarizer.json), as the workflow writes it."""
-    _diarizer().save(path)
+    """The deployable folder (bundle + plda.npz + diarizer.json + the separator), as the workflow writes it."""
+    tiny_diarizer().save(path)
     return path
-
-
-def _talk(seconds=6.0, sr=16000, seed=0):
-    """Two 'voices' (a tone and a noise burst) taking turns, with pauses."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(sr * seconds)) / sr
-    phase = (t % 3.0)
-    x = np.where(phase < 1.2, 0.3 * np.sin(2 * np.pi * 180 * t), 0.0)
-    x = np.where((phase >= 1.5) & (phase < 2.7), 0.2 * rng.standard_normal(t.size), x)
-    return (x + 1e-3 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +32,14 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     bundle = _bundle(root / "bundle")
     files = {}
-    x = _talk()
+    x = talk()
     files["wav"] = root / "talk.wav"
     sf.write(files["wav"], np.stack([x, 0.5 * x], 1), 16000)
     x44 = audio.resample(x, 16000, 44100)
     files["wav44"] = root / "stereo44.wav"
     sf.write(files["wav44"], np.stack([x44, x44], 1), 44100)
     files["flac"] = root / "talk2.flac"
-    sf.write(files["flac"], _talk(seed=1), 16000, subtype="PCM_16")
+    sf.write(files["flac"], talk(seed=1), 16000, subtype="PCM_16")
     if shutil.which("ffmpeg"):
         for ext, codec in ((".mp3", "libmp3lame"), (".m4a", "aac")):
             files[ext[1:]] = root / f"talk{ext}"
@@ -161,18 +128,18 @@ def _make_bad(kind, d):
         p.write_text("SPEAKER rec 1 0.0 1.0 <NA> <NA> a <NA> <NA>\n" * 20)
     elif kind in ("truncated-wav", "truncated-flac"):
         p = p.with_suffix(".wav" if kind.endswith("wav") else ".flac")
-        sf.write(p, _talk(4.0), 16000, subtype="PCM_16")
+        sf.write(p, talk(4.0), 16000, subtype="PCM_16")
         data = p.read_bytes()
         p.write_bytes(data[: len(data) // 2])
     elif kind == "truncated-mp3":
         wav = d / "full.wav"
-        sf.write(wav, _talk(4.0), 16000)
+        sf.write(wav, talk(4.0), 16000)
         p = d / "cut.mp3"
         subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(wav), str(p)], check=True)
         data = p.read_bytes()
         p.write_bytes(data[: len(data) // 2])
     elif kind in ("nan", "inf"):
-        x = _talk(2.0)
+        x = talk(2.0)
         x[3000] = np.nan if kind == "nan" else np.inf
         sf.write(p, x, 16000, subtype="FLOAT")
     elif kind == "directory":
@@ -254,7 +221,7 @@ def test_damaged_head_file_is_one_line_naming_the_file(env, capsys, tmp_path, ki
     elif kind == "random-bytes":
         head.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     else:  # a pickle of an arbitrary object: refused by the weights-only loader, and no torch warning
-        head.write_bytes(pickle.dumps({"kind": "speaker", "obj": _talk}, protocol=4))
+        head.write_bytes(pickle.dumps({"kind": "speaker", "obj": talk}, protocol=4))
     reason = {"truncated": "truncated or corrupt archive", "random-bytes": "not a torch checkpoint",
               "raw-pickle": "a plain pickle, not a torch checkpoint"}[kind]
     with warnings.catch_warnings(record=True) as caught:
@@ -422,11 +389,12 @@ def test_speaker_count_that_cannot_be_met_is_one_line_and_nothing_written(env, c
     (["--chunk-seconds", "0"], "--chunk-seconds: expected finite seconds > 0, got 0"),
     (["--chunk-seconds", "-5"], "--chunk-seconds: expected finite seconds > 0, got -5"),
 ])
-def test_bad_counts_and_chunk_seconds_fail_before_any_work(env, capsys, tmp_path, monkeypatch, opts, flag):
+@pytest.mark.parametrize("command", ["diarize", "separate"])
+def test_bad_counts_and_chunk_seconds_fail_before_any_work(env, capsys, tmp_path, monkeypatch, opts, flag, command):
     root, bundle, files = env
     _no_work(monkeypatch)
     o = tmp_path / "o"
-    rc, stdout, err = run(["diarize", files["wav"], "--out-dir", o, "--checkpoint", bundle] + opts, capsys)
+    rc, stdout, err = run([command, files["wav"], "--out-dir", o, "--checkpoint", bundle] + opts, capsys)
     assert rc == 1 and stdout == ""
     assert err.strip().splitlines() == [f"echo: error: {flag}"]
     assert not o.exists()
@@ -558,7 +526,7 @@ def test_from_pretrained_of_save_gives_identical_output(env, tmp_path):
     from echo.diarization.diarizer import BlockReader
 
     root, bundle, files = env
-    x = _diarizer()
+    x = tiny_diarizer()
     y = Diarizer.from_pretrained(x.save(tmp_path / "d"))
     assert {p.name for p in (tmp_path / "d").iterdir()} >= set(MODEL_FILES.values()) | {"bundle.json", "segmentation.pt"}
     assert y.config == x.config
@@ -613,30 +581,87 @@ def test_embed_whole_and_per_window(env, capsys, tmp_path):
     assert rc == 1 and "silent" in _error_line(err) and not (tmp_path / "q.npy").exists()
 
 
-def test_separate_writes_activity_and_latent_streams(env, capsys, tmp_path):
+def test_separate_writes_one_wav_per_speaker_summing_to_the_input(env, capsys, tmp_path):
+    from echo.metrics.separation import si_sdr
+    from echo.separation import Separator
+
     root, bundle, files = env
     out = tmp_path / "sep"
-    # activity threshold 1.0: every routed frame counts as active, so the random router's slots
-    # all become sources and the streams are exercised
-    rc, _, err = run(["separate", files["wav"], "--out-dir", out, "--checkpoint", bundle, "--route-seconds", "2",
-                      "--activity-threshold", "1.0"], capsys)
+    rc, _, err = run(["separate", files["wav"], "--out-dir", out, "--checkpoint", bundle, "--num-speakers", "2"], capsys)
     assert rc == 0, err
     meta = json.loads((out / "talk.json").read_text())
-    n_tokens = -(-(1 + 6 * 16000 // 160) // 4)
-    assert 1 <= meta["num_sources"] <= 3 * 3  # at most k_max new sources per routed chunk
-    labels = set(read_rttm(out / "talk.rttm")["talk"].labels())
-    assert labels == {s["label"] for s in meta["sources"]}
-    for s in meta["sources"]:
-        z = np.load(out / s["latents"])
-        assert z.shape == (n_tokens, D) and np.isfinite(z).all()
-    assert sorted(p.name for p in out.iterdir()) == sorted(["talk.json", "talk.rttm"] + [s["latents"] for s in meta["sources"]])
+    x = audio.load(files["wav"])  # the input as the CLI reads it: mono, 16 kHz
+    assert meta["uri"] == "talk" and meta["input"] == str(files["wav"]) and meta["sample_rate"] == 16000
+    assert meta["duration"] == round(len(x) / 16000, 3) and meta["num_speakers"] == len(meta["speakers"]) >= 1
+    ann = read_rttm(out / "talk.rttm")["talk"]
+    assert sorted(ann.labels()) == sorted(s["label"] for s in meta["speakers"])
+    waves = []
+    for s in meta["speakers"]:
+        assert s["wav"] == f"talk.{s['label']}.wav"
+        assert s["speech_seconds"] == round(ann.label_duration(s["label"]), 3)
+        w, sr = sf.read(out / s["wav"], dtype="float32")
+        assert sr == 16000 and w.shape == x.shape and sf.info(out / s["wav"]).subtype == "PCM_16"
+        waves.append(w)
+    assert si_sdr(np.sum(waves, 0), x) > 30.0  # 16-bit WAVs of sources that sum to the input
+    assert sorted(p.name for p in out.iterdir()) == sorted(["talk.json", "talk.rttm"] + [s["wav"] for s in meta["speakers"]])
+    # the library on the same folder and audio: the same diarization and the same sources
+    lib = Separator.from_pretrained(bundle)(x, num_speakers=2, uri="talk")
+    assert (out / "talk.rttm").read_text() == format_rttm({"talk": lib.diarization.speaker_diarization})
+    assert np.abs(np.stack(waves) - lib.sources).max() < 2 / 32768
+
+
+def test_separate_silent_audio_writes_no_wav_and_says_so(env, capsys, tmp_path):
+    root, bundle, files = env
+    p = tmp_path / "quiet.flac"
+    sf.write(p, np.zeros(16000 * 2, np.float32), 16000)
+    rc, _, err = run(["separate", p, "--out-dir", tmp_path / "o", "--checkpoint", bundle], capsys)
+    assert rc == 0, err
+    assert sorted(q.name for q in (tmp_path / "o").iterdir()) == ["quiet.json", "quiet.rttm"]
+    meta = json.loads((tmp_path / "o" / "quiet.json").read_text())
+    assert meta["speakers"] == [] and meta["duration"] == 2.0 and "silent" in meta["warnings"][0]
+    assert (tmp_path / "o" / "quiet.rttm").read_text() == ""
+
+
+@pytest.mark.parametrize("where,problem", [("file", "exists and is not a directory"),
+                                           ("file/o", "cannot create it, {file} is a file, not a directory")])
+def test_separate_bad_out_dir_fails_before_any_work(env, capsys, tmp_path, monkeypatch, where, problem):
+    root, bundle, files = env
+    (tmp_path / "file").write_text("x")
+    target = tmp_path / where
+    before = sorted(tmp_path.rglob("*"))
+    _no_work(monkeypatch)
+    rc, stdout, err = run(["separate", files["wav"], "--out-dir", target, "--checkpoint", bundle], capsys)
+    assert rc == 1 and stdout == ""
+    assert err.strip().splitlines() == [f"echo: error: {target}: {problem.format(file=tmp_path / 'file')} (--out-dir)"]
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "truncated-wav", "nan"])
+def test_separate_bad_input_one_line_and_no_output(env, capsys, tmp_path, kind):
+    root, bundle, files = env
+    bad = _make_bad(kind, tmp_path)
+    rc, stdout, err = run(["separate", bad, "--out-dir", tmp_path / "o", "--checkpoint", bundle], capsys)
+    assert rc == 1 and stdout == "" and "Traceback" not in err
+    assert _error_line(err).startswith(f"echo: error: {bad}: ") and BAD.get(kind, "truncated") in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_separate_with_a_model_without_separator_is_one_line(env, capsys, tmp_path):
+    root, bundle, files = env
+    d = tiny_diarizer()
+    d.model.separator = None
+    d.save(tmp_path / "m")
+    rc, _, err = run(["separate", files["wav"], "--out-dir", tmp_path / "o", "--checkpoint", tmp_path / "m"], capsys)
+    assert rc == 1 and err.strip().splitlines() == [
+        f"echo: error: {tmp_path / 'm'}: no separator; expected a model from the separation stage (models/echo)"]
+    assert not (tmp_path / "o").exists()
 
 
 def test_help_and_python_dash_m(env, tmp_path):
     root, bundle, files = env
     env_vars = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "echo", "separate", "--help"], capture_output=True, text=True, env=env_vars)
-    assert r.returncode == 0 and "no decoder" in " ".join(r.stdout.split())
+    assert r.returncode == 0 and "16 kHz mono, 16-bit PCM" in " ".join(r.stdout.split())
     r = subprocess.run([sys.executable, "-m", "echo", "diarize", str(tmp_path / "nope.wav"), "--checkpoint", str(bundle)],
                        capture_output=True, text=True, env=env_vars)
     assert r.returncode == 1 and r.stderr == f"echo: error: {tmp_path / 'nope.wav'}: no such file\n"

@@ -336,10 +336,12 @@ class Diarizer:
             :class:`DiarizeOutput`.
         """
         check_speaker_counts(num_speakers, min_speakers, max_speakers)
-        wave, uri = self._audio(audio, uri)
+        wave, uri = self.read_audio(audio, uri)
         return self.cluster(self.prepare(wave, uri, hook), num_speakers, min_speakers, max_speakers)
 
-    def _audio(self, audio, uri: str | None):
+    def read_audio(self, audio, uri: str | None = None):
+        """``(wave, uri)``: what :meth:`__call__` takes as ``audio`` as 16 kHz mono samples (a
+        :class:`BlockReader` is returned as it is) and the recording id it implies."""
         sr = self.frontend.sample_rate
         if isinstance(audio, (str, os.PathLike)):
             from echo.audio import load

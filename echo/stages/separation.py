@@ -61,6 +61,7 @@ class SeparationStageConfig:
         min_reference_rms: a source whose crop has a lower RMS is not a training target (>= 0).
         max_sdr_db: the loss stops rewarding a source above this SI-SDR (> 0), so easy sources do
             not dominate the batch.
+        max_mixtures: use at most this many training mixtures, evenly spread (0 = all).
         dev_max_mixtures: use at most this many dev mixtures (0 = all).
         seed: seed of the initialisation and of the batch draws.
         separator: :class:`SeparatorConfig` (``d_model``, ``patch_frames`` and the STFT come from
@@ -80,6 +81,7 @@ class SeparationStageConfig:
     log_every: int = field(default=10, metadata=rule(ge=1))
     min_reference_rms: float = field(default=1e-3, metadata=rule(ge=0))
     max_sdr_db: float = field(default=30.0, metadata=rule(gt=0, finite=True))
+    max_mixtures: int = field(default=0, metadata=rule(ge=0))
     dev_max_mixtures: int = field(default=0, metadata=rule(ge=0))
     seed: int = 0
     separator: SeparatorConfig = field(default_factory=SeparatorConfig)
@@ -245,7 +247,7 @@ def train_separation_stage(cfg: SeparationStageConfig, bundle_dir: str | Path, t
         threshold = float(model.meta.get("stages", {}).get("routing", {}).get("config", {}).get("exist_threshold", 0.5))
     frozen = {"encoder": module_sha(model.encoder), "router": module_sha(model.router)}
     t0 = time.perf_counter()
-    train = route_mixtures(model, train_mixtures)
+    train = route_mixtures(model, train_mixtures, cfg.max_mixtures)
     dev = route_mixtures(model, dev_mixtures, cfg.dev_max_mixtures)
     shared = sorted(set(train.speakers) & set(dev.speakers))
     if shared:  # model selection must not see training speakers

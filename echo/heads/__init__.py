@@ -10,6 +10,7 @@ boolean padding mask ``(B, T)`` (True = valid frame).
 - :mod:`echo.heads.ctc`: CTC phoneme head (continuous or through the VQ bottleneck), greedy decode.
 - :mod:`echo.heads.router`: null-target K-set prediction (slots + existence logits).
 - :mod:`echo.heads.pit`: Hungarian permutation-invariant matching and the K-set loss.
+- :mod:`echo.heads.separator`: the routing slots as waveforms (STFT masks, softmax over slots).
 - :mod:`echo.heads.guard`: non-interference guards (freezing, latent distillation, L2-SP anchor).
 
 This package module only holds the checkpoint format shared by the heads (:class:`Checkpointed`,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from echo.errors import ConfigError, EchoError
 from echo.heads.segmentation import SegmentationConfig, SegmentationHead, best_permutation, powerset_pit_loss
 from echo.io import write_json
 from echo.train.schedules import WarmupCosine
-from echo.train.trainer import check_finite, module_sha, optimizer_step, write_rows
+from echo.train.trainer import fit_head, module_sha, write_rows
 
 __all__ = ["SegmentationStageConfig", "local_targets", "segmentation_errors", "train_segmentation_stage"]
 
@@ -221,61 +220,37 @@ def train_segmentation_stage(cfg: SegmentationStageConfig, bundle_dir: str | Pat
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = WarmupCosine(0.0, cfg.lr, cfg.lr * cfg.final_lr_ratio, cfg.warmup_steps, cfg.steps)
     rng = np.random.default_rng(cfg.seed)
-    curves, dev_rows = [], []
-    best = {"step": 0, "error": math.inf, "state": None, "metrics": None}
 
-    def evaluate(step: int) -> None:
+    def loss_of_step(step: int) -> torch.Tensor:
+        x, y, m = (t.to(dev_t) for t in chunks.sample(rng, cfg.batch_size))
+        return powerset_pit_loss(head(x, m), y, head.powerset, m)
+
+    def evaluate(step: int) -> dict:
         met = _evaluate(head, dev, dev_t)
-        dev_rows.append({"step": step, **met})
-        if log_metrics is not None:
-            log_metrics({f"dev_{k}": v for k, v in met.items()}, step)
-        if met["error"] < best["error"]:
-            best.update(step=step, error=met["error"], metrics=met,
-                        state={k: v.detach().clone() for k, v in head.state_dict().items()})
         log.info("segmentation stage: step %d dev error %.4f (missed %.4f, FA %.4f, confusion %.4f), count acc %.4f",
                  step, met["error"], met["missed"], met["false_alarm"], met["confusion"], met["count_accuracy"])
+        return met
 
-    step_times = []
-    for step in range(1, cfg.steps + 1):
-        t1 = time.perf_counter()
-        head.train()
-        lr = sched.step()
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x, y, m = (t.to(dev_t) for t in chunks.sample(rng, cfg.batch_size))
-        loss = powerset_pit_loss(head(x, m), y, head.powerset, m)
-        value = float(loss.detach())
-        check_finite(value, step, "stages.segmentation", "lower stages.segmentation.lr")
-        loss.backward()
-        gn = optimizer_step(opt, head.parameters(), cfg.grad_clip)
-        step_times.append(time.perf_counter() - t1)
-        if step % cfg.log_every == 0 or step == 1 or step == cfg.steps:
-            rec = {"step": step, "loss": value, "grad_norm": float(gn), "lr": lr, "step_s": step_times[-1]}
-            curves.append(rec)
-            if log_metrics is not None:
-                log_metrics({k: v for k, v in rec.items() if k != "step"}, step)
-            log.info("segmentation stage: step %d/%d loss %.4f", step, cfg.steps, value)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            evaluate(step)
-    head.load_state_dict(best["state"])
-    head.eval()
+    fit = fit_head(head, opt, sched, cfg.steps, cfg.grad_clip, loss_of_step, evaluate, eval_every=cfg.eval_every,
+                   log_every=cfg.log_every, where=cfg.SECTION, metric="error", higher_is_better=False,
+                   log_metrics=log_metrics)
     if module_sha(enc) != sha0:  # the stage must not touch the shared latent
         raise EchoError("segmentation stage: the encoder changed during training")
     meta = dict(model.meta)
     stages = dict(meta.get("stages", {}))
-    stages["segmentation"] = {"config": dataclasses.asdict(cfg), "selected_step": best["step"], "dev": best["metrics"],
+    stages["segmentation"] = {"config": dataclasses.asdict(cfg), "selected_step": fit.best_step, "dev": fit.best,
                               "trainable": "head only (encoder frozen)", "encoder_sha256": sha0}
     meta["stages"] = stages
     bundle = EchoModel(model.encoder.cpu(), model.frontend, "segmentation", speaker=model.speaker, arcface=model.arcface,
                        ctc=model.ctc, vq_ctc=model.vq_ctc, router=model.router, segmentation=head.cpu(), meta=meta)
     bundle.save(out_dir / "bundle")
-    write_rows(curves, out_dir / "curves.parquet")
-    write_rows(dev_rows, out_dir / "dev.parquet")
+    write_rows(fit.curves, out_dir / "curves.parquet")
+    write_rows(fit.dev_rows, out_dir / "dev.parquet")
     write_json(out_dir / "summary.json", {
         "stage": "segmentation", "config": dataclasses.asdict(cfg), "steps": cfg.steps,
         "trainable": "head only (encoder frozen)", "encoder_sha256_before": sha0, "encoder_sha256_after": module_sha(enc),
-        "selection": {"metric": "error", "higher_is_better": False}, "best_step": best["step"], "best": best["metrics"],
-        "final": dev_rows[-1] if dev_rows else None, "step_time_s": float(np.median(step_times)),
+        "selection": {"metric": "error", "higher_is_better": False}, "best_step": fit.best_step, "best": fit.best,
+        "final": fit.dev_rows[-1] if fit.dev_rows else None, "step_time_s": fit.step_time_s,
         "encode_s": encode_s, "train_chunks_per_step": cfg.batch_size, "device": dev_t.type,
         "train_conversations": len(train_items), "dev_chunks": int(len(dev[0])),
     })

@@ -40,7 +40,7 @@ from echo.heads.separator import SeparatorConfig, SlotSeparator, si_sdr_loss
 from echo.io import write_json
 from echo.metrics.separation import cosine_matrix, evaluate_waveforms
 from echo.train.schedules import WarmupCosine
-from echo.train.trainer import check_finite, module_sha, optimizer_step, param_groups, write_rows
+from echo.train.trainer import fit_head, module_sha, param_groups, write_rows
 
 __all__ = ["SeparationStageConfig", "RoutedMixtures", "route_mixtures", "train_separation_stage"]
 
@@ -270,56 +270,32 @@ def train_separation_stage(cfg: SeparationStageConfig, bundle_dir: str | Path, t
     opt = torch.optim.AdamW(param_groups(sep.named_parameters(), cfg.weight_decay), lr=cfg.lr)
     sched = WarmupCosine(0.0, cfg.lr, cfg.lr * cfg.final_lr_ratio, cfg.warmup_steps, cfg.steps)
     rng = np.random.default_rng(cfg.seed)
-    curves, dev_rows = [], []
-    best = {"step": 0, "si_sdri": -math.inf, "state": None, "metrics": None}
 
-    def evaluate(step: int) -> None:
-        met = evaluate_dev(sep, dev, threshold, dev_t)
-        dev_rows.append({"step": step, **met})
-        if log_metrics is not None:
-            log_metrics({f"dev_{k}": v for k, v in met.items()}, step)
-        if met["si_sdri"] > best["si_sdri"]:
-            best.update(step=step, si_sdri=met["si_sdri"], metrics=met,
-                        state={k: v.detach().clone() for k, v in sep.state_dict().items()})
-        log.info("separation stage: step %d dev SI-SDRi %.2f dB (%s)", step, met["si_sdri"],
-                 ", ".join(f"{k} {v:.2f}" for k, v in met.items() if k.startswith("si_sdri_k")))
-
-    step_times = []
-    for step in range(1, cfg.steps + 1):
-        t1 = time.perf_counter()
-        sep.train()
-        lr = sched.step()
-        for g in opt.param_groups:
-            g["lr"] = lr
+    def loss_of_step(step: int) -> torch.Tensor | None:
         rows = rng.choice(pool, size=cfg.batch_size)
         mix, slots, lat, active, est_idx, refs = _train_batch(train, rows, crop_tokens, patch_samples, threshold,
                                                               cfg.min_reference_rms, rng, dev_t)
-        if refs is None:
-            continue
+        if refs is None:  # every source of the draw silent in its crop
+            return None
         waves = sep(mix, slots, lat, active)
         est = torch.stack([waves[i, s] for i, s in est_idx])
-        loss = si_sdr_loss(est, refs).clamp(min=-cfg.max_sdr_db).mean()
-        value = float(loss.detach())
-        check_finite(value, step, cfg.SECTION, f"lower {cfg.SECTION}.lr")
-        loss.backward()
-        gn = optimizer_step(opt, sep.parameters(), cfg.grad_clip)
-        step_times.append(time.perf_counter() - t1)
-        if step % cfg.log_every == 0 or step == 1 or step == cfg.steps:
-            rec = {"step": step, "loss": value, "grad_norm": float(gn), "lr": lr, "step_s": step_times[-1]}
-            curves.append(rec)
-            if log_metrics is not None:
-                log_metrics({k: v for k, v in rec.items() if k != "step"}, step)
-            log.info("separation stage: step %d/%d loss %.3f (-SI-SDR dB)", step, cfg.steps, value)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            evaluate(step)
-    sep.load_state_dict(best["state"])
-    sep.eval()
+        return si_sdr_loss(est, refs).clamp(min=-cfg.max_sdr_db).mean()
+
+    def evaluate(step: int) -> dict:
+        met = evaluate_dev(sep, dev, threshold, dev_t)
+        log.info("separation stage: step %d dev SI-SDRi %.2f dB (%s)", step, met["si_sdri"],
+                 ", ".join(f"{k} {v:.2f}" for k, v in met.items() if k.startswith("si_sdri_k")))
+        return met
+
+    fit = fit_head(sep, opt, sched, cfg.steps, cfg.grad_clip, loss_of_step, evaluate, eval_every=cfg.eval_every,
+                   log_every=cfg.log_every, where=cfg.SECTION, metric="si_sdri", higher_is_better=True,
+                   log_metrics=log_metrics)
     after = {"encoder": module_sha(model.encoder), "router": module_sha(model.router)}
     if after != frozen:  # the stage must not touch the shared latent or the slots
         raise EchoError("separation stage: the encoder or the router changed during training")
     meta = dict(model.meta)
     stages = dict(meta.get("stages", {}))
-    stages["separation"] = {"config": dataclasses.asdict(cfg), "selected_step": best["step"], "dev": best["metrics"],
+    stages["separation"] = {"config": dataclasses.asdict(cfg), "selected_step": fit.best_step, "dev": fit.best,
                             "trainable": "separator only (encoder and router frozen)", "threshold": threshold,
                             "sha256": frozen}
     meta["stages"] = stages
@@ -327,13 +303,13 @@ def train_separation_stage(cfg: SeparationStageConfig, bundle_dir: str | Path, t
                        ctc=model.ctc, vq_ctc=model.vq_ctc, router=model.router.cpu(),
                        segmentation=model.segmentation, separator=sep.cpu(), meta=meta)
     bundle.save(out_dir / "bundle")
-    write_rows(curves, out_dir / "curves.parquet")
-    write_rows(dev_rows, out_dir / "dev.parquet")
+    write_rows(fit.curves, out_dir / "curves.parquet")
+    write_rows(fit.dev_rows, out_dir / "dev.parquet")
     write_json(out_dir / "summary.json", {
         "stage": "separation", "config": dataclasses.asdict(cfg), "steps": cfg.steps,
         "trainable": "separator only (encoder and router frozen)", "sha256_before": frozen, "sha256_after": after,
-        "selection": {"metric": "si_sdri", "higher_is_better": True}, "best_step": best["step"], "best": best["metrics"],
-        "final": dev_rows[-1] if dev_rows else None, "step_time_s": float(np.median(step_times)) if step_times else None,
+        "selection": {"metric": "si_sdri", "higher_is_better": True}, "best_step": fit.best_step, "best": fit.best,
+        "final": fit.dev_rows[-1] if fit.dev_rows else None, "step_time_s": fit.step_time_s,
         "route_s": route_s, "threshold": threshold, "train_mixtures": len(train.mixture),
         "train_pool": int(len(pool)), "dev_mixtures": len(dev.mixture), "device": dev_t.type,
         "parameters": int(sum(p.numel() for p in sep.parameters())),

@@ -11,6 +11,8 @@ trainer live here, once:
   parameters, gradient clipping, the step;
 - :func:`check_finite`: a NaN/inf loss stops the run with one line;
 - :func:`module_sha`: the hash that shows a frozen module unchanged by a head-only stage;
+- :func:`fit_head`: the whole loop of a head trained on cached inputs with the encoder frozen (the
+  segmentation and separation stages), with dev selection of the kept step;
 - :func:`trajectory`, :func:`save_state`, :func:`restore_state`, :func:`rows_until` and
   :func:`write_rows`: checkpoints (through :mod:`echo.train.checkpoint`), resume, training curves.
 """
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import math
+import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -32,7 +36,9 @@ from echo.io import write_parquet
 from echo.train.checkpoint import load_train_state, save_train_state
 
 __all__ = ["amp_dtype", "autocast", "seed_dropout", "param_groups", "optimizer_step", "check_finite",
-           "module_sha", "trajectory", "save_state", "restore_state", "rows_until", "write_rows"]
+           "module_sha", "HeadFit", "fit_head", "trajectory", "save_state", "restore_state", "rows_until", "write_rows"]
+
+log = logging.getLogger(__name__)
 
 DROPOUT_STREAM = 0x64726F70  # "drop": keeps dropout seeds apart from the other (seed, step) streams
 
@@ -124,6 +130,73 @@ def module_sha(module: nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+class HeadFit(NamedTuple):
+    """What :func:`fit_head` returns: the kept step, its dev metrics, the logged rows, the median step time."""
+
+    best_step: int
+    best: dict | None
+    curves: list[dict]
+    dev_rows: list[dict]
+    step_time_s: float | None
+
+
+def fit_head(head: nn.Module, optimizer: torch.optim.Optimizer, schedule, steps: int, grad_clip: float,
+             loss_of_step: Callable[[int], torch.Tensor | None], evaluate: Callable[[int], dict], *,
+             eval_every: int, log_every: int, where: str, metric: str, higher_is_better: bool,
+             log_metrics: Callable[[dict, int], None] | None = None) -> HeadFit:
+    """Train a head on cached inputs and keep its best dev step (loaded back into ``head``, in eval mode).
+
+    Args:
+        head: the trained module (all its parameters are optimised).
+        optimizer / schedule: the optimizer and a schedule whose ``step()`` gives each step's lr.
+        loss_of_step: ``loss_of_step(step)`` draws the step's batch and returns its loss (None: no
+            usable batch, the step is skipped).
+        evaluate: ``evaluate(step)`` -> dev metrics (plain floats), every ``eval_every`` steps and at the end.
+        where: the params section, for the NaN message and the log lines.
+        metric / higher_is_better: the dev metric that picks the kept step (the first best wins ties).
+        log_metrics: ``log_metrics(metrics, step)`` (MLflow), or None.
+    """
+    best: dict = {"step": 0, "value": None, "state": None, "metrics": None}
+    curves: list[dict] = []
+    dev_rows: list[dict] = []
+    times: list[float] = []
+
+    def run_eval(step: int) -> None:
+        met = evaluate(step)
+        dev_rows.append({"step": step, **met})
+        if log_metrics is not None:
+            log_metrics({f"dev_{k}": v for k, v in met.items()}, step)
+        v = met[metric]
+        if best["value"] is None or (v > best["value"] if higher_is_better else v < best["value"]):
+            best.update(step=step, value=v, metrics=met, state={k: t.detach().clone() for k, t in head.state_dict().items()})
+
+    for step in range(1, steps + 1):
+        t1 = time.perf_counter()
+        head.train()
+        lr = schedule.step()
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        loss = loss_of_step(step)
+        if loss is not None:
+            value = float(loss.detach())
+            check_finite(value, step, where, f"lower {where}.lr")
+            loss.backward()
+            gn = optimizer_step(optimizer, head.parameters(), grad_clip)
+            times.append(time.perf_counter() - t1)
+            if step % log_every == 0 or step == 1 or step == steps:
+                rec = {"step": step, "loss": value, "grad_norm": float(gn), "lr": lr, "step_s": times[-1]}
+                curves.append(rec)
+                if log_metrics is not None:
+                    log_metrics({k: v for k, v in rec.items() if k != "step"}, step)
+                log.info("%s: step %d/%d loss %.4f", where, step, steps, value)
+        if step % eval_every == 0 or step == steps:
+            run_eval(step)
+    if best["state"] is not None:
+        head.load_state_dict(best["state"])
+    head.eval()
+    return HeadFit(best["step"], best["metrics"], curves, dev_rows, float(np.median(times)) if times else None)
 
 
 def trajectory(cfg: Any) -> dict:

@@ -192,6 +192,11 @@ class SlotSeparator(Checkpointed, nn.Module):
             active: bool ``(B, S)`` slots to render (the router's existence decision).
         """
         spec = stft(mixture.float(), self.config)
-        masks = torch.softmax(self.mask_logits(spec, slots.float(), mixture_latent.float(), active), dim=1)
-        masks = masks.nan_to_num(0.0)  # rows are never all -inf (checked); this only guards rounding
-        return istft(masks * spec[:, None], self.config, mixture.shape[-1])
+        # only the slots active in some mixture of the batch are computed (the cost is per slot; at
+        # inference a chunk has 1-2 active of k_max): the others are silent anyway
+        keep = torch.nonzero(active.any(dim=0)).flatten()
+        logits = self.mask_logits(spec, slots[:, keep].float(), mixture_latent.float(), active[:, keep])
+        masks = torch.softmax(logits, dim=1).nan_to_num(0.0)  # rows are never all -inf (checked); guards rounding
+        out = torch.zeros(*active.shape, mixture.shape[-1], device=mixture.device)
+        out[:, keep] = istft(masks * spec[:, None], self.config, mixture.shape[-1])
+        return out

@@ -35,9 +35,11 @@ from echo.config import check_fields, rule
 from echo.errors import EchoError
 from echo.evaluate import model_parts
 from echo.features import FrontEnd
+from echo.heads.router import rendered_slots
 from echo.metrics.bootstrap import BootstrapConfig, bootstrap_ci
 from echo.metrics.separation import evaluate_separation, evaluate_waveforms, speaker_count_accuracy
 from echo.progress import Hook
+from echo.simulate.mixtures import spread_indices
 
 __all__ = ["SeparationConfig", "score_mixture", "summarise_separation", "evaluate_routing"]
 
@@ -199,8 +201,7 @@ def evaluate_routing(model: Any, mixtures, target_encoder: torch.nn.Module | Non
     target.eval()
     dev = parts.device
     n = len(mixtures)
-    idx = list(range(n)) if config.max_mixtures is None or n <= config.max_mixtures else \
-        np.unique(np.linspace(0, n - 1, config.max_mixtures).round().astype(int)).tolist()
+    idx = spread_indices(n, config.max_mixtures).tolist()
     t0 = time.perf_counter()
     rows = []
     figure_item = None
@@ -217,9 +218,7 @@ def evaluate_routing(model: Any, mixtures, target_encoder: torch.nn.Module | Non
         refs = target(srcs).features.float().cpu().numpy()
         waves = None
         if parts.separator is not None:  # render every active slot (the most probable one if none is)
-            render = torch.from_numpy(active.copy())
-            none = ~render.any(dim=1)
-            render[none, routed.exist_logits.float().cpu()[none].argmax(dim=1)] = True
+            render = rendered_slots(torch.from_numpy(active), routed.exist_logits.float().cpu())
             mix_wave = torch.from_numpy(np.stack([it.mixture for it in items])).to(dev)
             waves = parts.separator(mix_wave, routed.slots, out.features, render.to(dev)).float().cpu().numpy()
             if figure_item is None:

@@ -31,7 +31,7 @@ from echo.errors import CacheMismatchError, EchoError
 from echo.features import FrontEnd
 from echo.heads.arcface import ArcFaceLoss
 from echo.heads.ctc import CTCHead, PhoneInventory, ctc_greedy_decode
-from echo.heads.router import SourceRouter
+from echo.heads.router import SourceRouter, rendered_slots
 from echo.heads.segmentation import SegmentationHead
 from echo.heads.separator import SlotSeparator
 from echo.heads.speaker import SpeakerHead
@@ -185,9 +185,7 @@ class EchoModel(nn.Module):
         mels = torch.stack([torch.from_numpy(self.frontend.compute(m)) for m in mixture.float().cpu().numpy()])
         out = self.latents(mels)
         r = self.route(out.features, out.mask, threshold)
-        active = r.active.clone()
-        none = ~active.any(dim=1)
-        active[none, r.exist_prob[none].argmax(dim=1)] = True
+        active = rendered_slots(r.active, r.exist_prob)
         return sep(mixture.to(dev).float(), r.slots, out.features, active), r._replace(active=active, count=active.sum(1))
 
     # -- persistence ---------------------------------------------------------------------------

@@ -35,7 +35,8 @@ from echo.simulate.shards import AUDIO_FORMATS, SET_RULES, check_set_fields, gen
 from echo.simulate.utterances import UtterancePool
 from echo.progress import Hook
 
-__all__ = ["MixtureConfig", "Mixture", "make_mixture", "simulate_mixtures", "MixtureSet", "MixtureItem"]
+__all__ = ["MixtureConfig", "Mixture", "make_mixture", "simulate_mixtures", "MixtureSet", "MixtureItem",
+           "spread_indices"]
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,14 @@ _MIXTURE_COLUMNS = ["mix_id", "split", "k", "speakers", "utt_ids", "mode", "shar
                     "duration", "achieved_overlap", "speech_s", "overlap_s", "snr_db", "noise_exponent", "reverb", "rt60"]
 _SOURCE_COLUMNS = ["mix_id", "slot", "speaker", "utt_id", "shard", "offset", "onset", "length", "crop", "gain_db",
                    "align_phone", "align_start", "align_end"]
+
+
+def spread_indices(n: int, at_most: int | None) -> np.ndarray:
+    """Indices of at most ``at_most`` of ``n`` mixtures, evenly spread over the set (so every K of a
+    set stored K by K keeps its share); 0 or None = all ``n``."""
+    if not at_most or n <= at_most:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, at_most).round().astype(np.int64))
 
 
 @dataclass(frozen=True)

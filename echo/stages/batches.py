@@ -24,6 +24,7 @@ from echo.corpus.manifest import SILENCE
 from echo.errors import CacheMismatchError, EchoError
 from echo.heads.ctc import PhoneInventory, pad_targets
 from echo.models.masks import step_rng
+from echo.simulate.mixtures import spread_indices
 
 __all__ = ["LabelledFrames", "CropBatch", "CropSampler", "dev_batches", "phone_lookup", "ctc_targets",
            "MixtureFeatures", "mixture_indices"]
@@ -251,8 +252,7 @@ class MixtureFeatures:
         n = len(mixtures)
         if n == 0:
             raise EchoError(f"{getattr(mixtures, 'root', 'mixtures')}: no mixtures")
-        idx = np.arange(n) if not max_mixtures or n <= max_mixtures else \
-            np.unique(np.linspace(0, n - 1, max_mixtures).round().astype(np.int64))
+        idx = spread_indices(n, max_mixtures)
         mels, srcs, ks, ids, speakers = [], [], [], [], set()
         log.info("mixture features: %d mixtures", len(idx))  # progress in the node's log
         for i in idx.tolist():

@@ -32,13 +32,14 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from echo.config import check_fields, need, rule
 from echo.errors import EchoError
+from echo.heads.router import rendered_slots
 from echo.heads.separator import SeparatorConfig, SlotSeparator, si_sdr_loss
 from echo.io import write_json
-from echo.metrics.separation import cosine_matrix, evaluate_waveforms
+from echo.metrics.separation import evaluate_waveforms, pit_match
+from echo.simulate.mixtures import spread_indices
 from echo.train.schedules import WarmupCosine
 from echo.train.trainer import fit_head, module_sha, param_groups, write_rows
 
@@ -123,8 +124,7 @@ def route_mixtures(model, mixtures, max_mixtures: int = 0, batch_size: int = 16,
     n = len(mixtures)
     if n == 0:
         raise EchoError(f"{getattr(mixtures, 'root', 'mixtures')}: no mixtures")
-    idx = np.arange(n) if not max_mixtures or n <= max_mixtures else \
-        np.unique(np.linspace(0, n - 1, max_mixtures).round().astype(np.int64))
+    idx = spread_indices(n, max_mixtures)
     fe, enc = model.frontend, model.encoder
     mix, srcs, slots, exist, lat, slot_of, ids, speakers = [], [], [], [], [], [], [], set()
     for a in range(0, len(idx), batch_size):
@@ -139,10 +139,8 @@ def route_mixtures(model, mixtures, max_mixtures: int = 0, batch_size: int = 16,
         first = 0
         for j, it in enumerate(items):
             k = len(it.sources)
-            sim = cosine_matrix(r.slots[j].float().cpu().numpy(), refs[first:first + k])
-            rows, cols = linear_sum_assignment(sim, maximize=True)
-            so = np.full(k, -1, np.int64)
-            so[cols] = rows
+            slots_j = r.slots[j].float().cpu().numpy()  # every slot may take a source (k <= k_max)
+            so = pit_match(slots_j, np.ones(len(slots_j), bool), refs[first:first + k]).slot_of
             first += k
             mix.append(it.mixture.astype(np.float32))
             srcs.append(it.sources.astype(np.float32))
@@ -161,9 +159,7 @@ def route_mixtures(model, mixtures, max_mixtures: int = 0, batch_size: int = 16,
 def _rendered(data: RoutedMixtures, rows, threshold: float, with_matched: bool) -> torch.Tensor:
     """Bool ``(B, S)`` slots to render: the router's active ones (the most probable one if none),
     plus the matched ones at training."""
-    act = data.exist[rows] >= threshold
-    none = ~act.any(dim=1)
-    act[none, data.exist[rows][none].argmax(dim=1)] = True
+    act = rendered_slots(data.exist[rows] >= threshold, data.exist[rows])
     if with_matched:
         for i, r in enumerate(rows):
             act[i, data.slot_of[r][data.slot_of[r] >= 0]] = True

@@ -199,7 +199,7 @@ def _read_streamed(src, config):
     (the silence check)."""
     from echo.diarization.diarizer import BlockReader
     from echo.errors import AudioError
-    from echo.inference import is_silent, stream
+    from echo.inference import stream
 
     block = config.block_s
     peak, count = 0.0, 0
@@ -208,8 +208,7 @@ def _read_streamed(src, config):
         count += len(x)
     if count == 0:
         raise AudioError(f"{src.path}: contains no audio samples")
-    if is_silent(np.array([peak], np.float32), config.silence_dbfs):
-        print(f"echo: {src.path}: silent (peak below {config.silence_dbfs:g} dBFS)", file=sys.stderr)
+    if _silent(np.array([peak], np.float32), src, config):
         return None, count
     return BlockReader(lambda: stream(src, block), count), count
 
@@ -218,22 +217,18 @@ def _decode(src, config):
     """``(wave, samples)`` for the diarizer: streamed (:func:`_read_streamed`) where the file is
     seekable, else decoded whole (MP3/M4A/...: FFmpeg, 230 MB per hour); ``wave`` is None for a
     silent recording (said on stderr)."""
-    from echo.inference import is_silent
-
     if src.backend == "soundfile":
         return _read_streamed(src, config)
     wave = _read(src, config)
-    if is_silent(wave, config.silence_dbfs):
-        print(f"echo: {src.path}: silent (peak below {config.silence_dbfs:g} dBFS)", file=sys.stderr)
-        return None, len(wave)
-    return wave, len(wave)
+    return (None if _silent(wave, src, config) else wave), len(wave)
 
 
-def _silent(wave: np.ndarray, src, session) -> bool:
+def _silent(wave: np.ndarray, src, config) -> bool:
+    """Whether ``wave`` is silent under ``config`` (:class:`~echo.inference.InferenceConfig`), said on stderr."""
     from echo.inference import is_silent
 
-    if is_silent(wave, session.config.silence_dbfs):
-        print(f"echo: {src.path}: silent (peak below {session.config.silence_dbfs:g} dBFS)", file=sys.stderr)
+    if is_silent(wave, config.silence_dbfs):
+        print(f"echo: {src.path}: silent (peak below {config.silence_dbfs:g} dBFS)", file=sys.stderr)
         return True
     return False
 
@@ -553,7 +548,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     session.require(head, "transcribe")  # fail before decoding an hour of audio
     wave = _read(src, session.config)
     rows: list[tuple[float, float, str]] = []
-    if not _silent(wave, src, session):
+    if not _silent(wave, src, session.config):
         import torch
 
         z = session.latents(wave, src.path.name)
@@ -588,7 +583,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     session = _Session(args)
     session.require("speaker", "embed")
     wave = _read(src, session.config)
-    if _silent(wave, src, session):
+    if _silent(wave, src, session.config):
         raise AudioError(f"{src.path}: silent (peak below {session.config.silence_dbfs:g} dBFS), no speaker to embed")
     duration = len(wave) / 16000
     z = session.latents(wave, src.path.name)

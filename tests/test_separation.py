@@ -126,3 +126,7 @@ def test_a_model_without_separator_is_one_line(diarizer, tmp_path):
     assert str(e.value) == f"{tmp_path / 'm'}: no separator; expected a model from the separation stage (models/echo)"
     with pytest.raises(EchoError, match="chunk_s: expected finite seconds > 0, got inf"):
         Separator(diarizer, chunk_s=float("inf"))
+    with pytest.raises(EchoError, match="batch_chunks: expected an integer >= 1, got 0"):
+        Separator(diarizer, batch_chunks=0)
+    with pytest.raises(EchoError, match="has no separator; expected a model from the separation stage"):
+        Separator(d)

@@ -262,7 +262,8 @@ def train_separation_stage(cfg: SeparationStageConfig, bundle_dir: str | Path, t
     pool = np.array([i for i in range(len(train.mixture))
                      if int(_rendered(train, [i], threshold, with_matched=True).sum()) >= 2])
     if len(pool) == 0:
-        raise EchoError("separation stage: no training mixture with two or more sources")
+        raise EchoError("separation stage: no training mixture renders two or more slots (sources or active "
+                        "router slots); nothing to separate")
     opt = torch.optim.AdamW(param_groups(sep.named_parameters(), cfg.weight_decay), lr=cfg.lr)
     sched = WarmupCosine(0.0, cfg.lr, cfg.lr * cfg.final_lr_ratio, cfg.warmup_steps, cfg.steps)
     rng = np.random.default_rng(cfg.seed)

@@ -79,3 +79,9 @@ def test_bad_settings_and_inputs(world, tmp_path):
         train_separation_stage(_cfg(), world["root"] / "stage2", world["mix_train"], world["mix_dev"], tmp_path)
     with pytest.raises(EchoError, match="also in the train mixtures"):
         train_separation_stage(_cfg(), world["routing"], world["mix_train"], world["mix_train"], tmp_path)
+    singles = [world["mix_train"][i] for i in range(len(world["mix_train"])) if len(world["mix_train"][i].sources) == 1]
+    short = dataclasses.replace(singles[0], mixture=singles[0].mixture[:-160], sources=singles[0].sources[:, :-160])
+    with pytest.raises(EchoError, match="mixtures of different lengths"):
+        route_mixtures(EchoModel.load(world["routing"]), [singles[0], short])
+    with pytest.raises(EchoError, match="no mixtures"):
+        route_mixtures(EchoModel.load(world["routing"]), [])

@@ -10,11 +10,15 @@ without VQ) on the TEST split's held-out speakers, from a model and a
   - *speaker view*: utterance = the speaker head's embedding of the whole utterance; frame = the
     speaker head applied to that single token (a one-token sequence: its mean/std statistics
     pass through the head's projection). Without a speaker head: the latent view.
-  - *content view*: frame = the CTC head's frame representation (``content_layer="hidden"``:
-    the input of its output layer, i.e. the last hidden layer, or the latent itself for a
-    linear head; ``"posterior"``: the CTC posteriors); utterance = mean over valid tokens. The
-    continuous CTC head is used, the VQ one only when it is the only one. Without a CTC head:
-    the latent view.
+  - *content views*: frame = one of the phonetic heads' frame representations; utterance = mean
+    over valid tokens. ``hidden``: the input of the CTC head's output layer (its last hidden
+    layer, or the latent itself for a linear head), the only content view before issue 12;
+    ``posterior``: the CTC posteriors (blank included); ``phones``: the posteriors over phones
+    alone (blank removed, renormalised: a phone posteriorgram); ``codes``: the VQ head's code
+    vectors (the paper's bottleneck). The continuous CTC head gives the first three (the VQ one
+    when it is the only one). Every available view is probed and reported; the headline one is
+    ``content_layer``, or with ``auto`` the one :func:`choose_content_view` picks on DEV
+    speakers. Without a CTC head: the latent view.
 
   So for the pretrained encoder both views are the latent and the gap is 0 by construction; the
   row's information is the raw latent probes (``latent_*``).
@@ -32,7 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Mapping
 
 import numpy as np
@@ -49,10 +53,12 @@ from echo.metrics.probe import ProbeConfig, factorisation_gap, phone_accuracy, s
 from echo.metrics.verification import TrialsConfig, build_trials, cosine_scores, equal_error_rate
 from echo.progress import Hook
 
-__all__ = ["AbilityConfig", "Views", "extract_views", "measure_abilities", "abilities_from_views"]
+__all__ = ["AbilityConfig", "CONTENT_VIEWS", "Views", "extract_views", "content_representations", "content_view_scores",
+           "choose_content_view", "measure_abilities", "abilities_from_views"]
 
 log = logging.getLogger(__name__)
-_CONTENT = ("hidden", "posterior")
+CONTENT_VIEWS = ("hidden", "posterior", "phones", "codes")  # in tie-break order
+_CONTENT_LAYERS = CONTENT_VIEWS + ("auto",)
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,8 @@ class AbilityConfig:
         max_utts_per_speaker: utterances per test speaker (>= 2: speaker ID needs enrol + probe).
         max_tokens_per_utt: labelled tokens drawn per utterance for the frame probes (>= 1).
         batch_size: utterances per encoder batch (>= 1).
-        content_layer: ``hidden`` or ``posterior`` (see the module docstring).
+        content_layer: the headline content view: one of :data:`CONTENT_VIEWS`, or ``auto`` = chosen
+            on dev speakers by :func:`choose_content_view` (see the module docstring).
         bootstrap: CI settings for PER.
         seed: seed of the utterance and token draws.
     """
@@ -77,7 +84,7 @@ class AbilityConfig:
     max_utts_per_speaker: int = field(default=20, metadata=rule(ge=2))
     max_tokens_per_utt: int = field(default=40, metadata=rule(ge=1))
     batch_size: int = field(default=16, metadata=rule(ge=1))
-    content_layer: Literal[_CONTENT] = "hidden"
+    content_layer: Literal[_CONTENT_LAYERS] = "auto"
     bootstrap: BootstrapConfig = BootstrapConfig()
     seed: int = 0
 
@@ -90,21 +97,38 @@ class Views:
     """Per-utterance and per-frame representations of the test set under each view.
 
     Utterance arrays are ``(U, ·)`` aligned with ``utt_ids``/``utt_speakers``; frame arrays are
-    ``(M, ·)`` aligned with ``frame_phones``/``frame_speakers``. ``speaker_*``/``content_*`` are
-    the same objects as ``latent_*`` when the model lacks the corresponding head.
+    ``(M, ·)`` aligned with ``frame_phones``/``frame_speakers``. ``speaker_*`` are the same objects
+    as ``latent_*`` when the model lacks a speaker head; ``content`` holds every content view the
+    model's heads give (empty without a CTC head), ``content_view`` names the headline one.
     """
 
     utt_ids: list[str]
     utt_speakers: np.ndarray
     latent_utts: np.ndarray
     speaker_utts: np.ndarray
-    content_utts: np.ndarray
     frame_phones: np.ndarray
     frame_speakers: np.ndarray
     latent_frames: np.ndarray
     speaker_frames: np.ndarray
-    content_frames: np.ndarray
+    content: dict[str, tuple[np.ndarray, np.ndarray]]  # view name -> (utterance array, frame array)
     hyps: dict[str, dict[str, list[str]]]  # head name ("ctc", "vq_ctc") -> utt_id -> decoded phones
+    content_view: str = "latent"  # a key of ``content``, or "latent" when it is empty
+
+    @property
+    def content_utts(self) -> np.ndarray:
+        return self.content[self.content_view][0] if self.content else self.latent_utts
+
+    @property
+    def content_frames(self) -> np.ndarray:
+        return self.content[self.content_view][1] if self.content else self.latent_frames
+
+    def with_content_view(self, name: str) -> "Views":
+        """The same views with ``name`` as the headline content view (``latent`` without a CTC head)."""
+        if not self.content:
+            return replace(self, content_view="latent")
+        if name not in self.content:
+            raise EchoError(f"abilities: content view {name!r} is not available; the heads give {sorted(self.content)}")
+        return replace(self, content_view=name)
 
 
 def _select(index, config: AbilityConfig) -> list[str]:
@@ -121,13 +145,32 @@ def _select(index, config: AbilityConfig) -> list[str]:
     return ids
 
 
-def _ctc_representation(head, lat: torch.Tensor, mask: torch.Tensor, layer: str) -> torch.Tensor:
-    if layer == "posterior":
-        return head(lat, mask).log_probs.exp()
+def content_representations(ctc, vq_ctc, lat: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every content view's frame representation ``(B, T, ·)`` that the phonetic heads give.
+
+    Args:
+        ctc: the continuous CTC head, or None.
+        vq_ctc: the VQ-CTC head, or None.
+        lat: ``(B, T, D)`` encoder latents; mask: bool ``(B, T)``.
+
+    Returns:
+        ``hidden``, ``posterior`` and ``phones`` from the continuous head (the VQ head when it is the
+        only one), ``codes`` from the VQ head; ``{}`` without either head.
+    """
+    head = ctc if ctc is not None else vq_ctc
+    out: dict[str, torch.Tensor] = {}
+    if head is None:
+        return out
     x = head.vq(lat, mask).quantized if head.vq is not None else lat
     for m in list(head.classifier)[:-1]:  # everything before the output projection
         x = m(x)
-    return x
+    out["hidden"] = x
+    logits = head.classifier[-1](x).float()
+    out["posterior"] = torch.softmax(logits, dim=-1)
+    out["phones"] = torch.softmax(logits[..., 1:], dim=-1)  # P(phone | not blank): the blank id is 0
+    if vq_ctc is not None:
+        out["codes"] = vq_ctc.vq(lat, mask).quantized
+    return out
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -151,11 +194,12 @@ def extract_views(model: Any, cache, config: AbilityConfig = AbilityConfig(),
     spk_of = dict(zip(cache.index["utt_id"], cache.index["speaker"]))
     frames_of = dict(zip(cache.index["utt_id"], cache.index["num_frames"]))
     ids = sorted(ids, key=lambda u: (frames_of[u], u))  # batches of similar length
-    content_head = parts.ctc if parts.ctc is not None else parts.vq_ctc
     inv = np.array(list(cache.inventory) + ["<unk>"], dtype=object)  # label -1 -> "<unk>"
     p = parts.encoder.cfg.patch_frames
     rng = np.random.default_rng(config.seed)
-    acc = {k: [] for k in ("lu", "su", "cu", "lf", "sf", "cf", "ph", "fs")}
+    acc = {k: [] for k in ("lu", "su", "lf", "sf", "ph", "fs")}
+    cont_u: dict[str, list] = {}
+    cont_f: dict[str, list] = {}
     hyps: dict[str, dict[str, list[str]]] = {}
     starts = range(0, len(ids), config.batch_size)
     for done, i in enumerate(starts, 1):
@@ -165,10 +209,9 @@ def extract_views(model: Any, cache, config: AbilityConfig = AbilityConfig(),
         acc["lu"].append(_masked_mean(lat, mask).cpu())
         if parts.speaker is not None:
             acc["su"].append(parts.speaker(lat, mask).float().cpu())
-        cont = None
-        if content_head is not None:
-            cont = _ctc_representation(content_head, lat, mask, config.content_layer).float()
-            acc["cu"].append(_masked_mean(cont, mask).cpu())
+        cont = {k: x.float() for k, x in content_representations(parts.ctc, parts.vq_ctc, lat, mask).items()}
+        for k, x in cont.items():
+            cont_u.setdefault(k, []).append(_masked_mean(x, mask).cpu())
         for name, head in (("ctc", parts.ctc), ("vq_ctc", parts.vq_ctc)):
             if head is not None:
                 out = head(lat, mask)
@@ -187,8 +230,8 @@ def extract_views(model: Any, cache, config: AbilityConfig = AbilityConfig(),
             acc["lf"].append(tok.cpu())
             if parts.speaker is not None and len(sel):
                 acc["sf"].append(parts.speaker(tok.unsqueeze(1), None).float().cpu())
-            if cont is not None:
-                acc["cf"].append(cont[j, sel_t].cpu())
+            for k, x in cont.items():
+                cont_f.setdefault(k, []).append(x[j, sel_t].cpu())
             acc["ph"].append(inv[tok_lab[sel]])
             acc["fs"].append(np.full(len(sel), spk_of[u], dtype=object))
         if hook is not None:
@@ -199,15 +242,16 @@ def extract_views(model: Any, cache, config: AbilityConfig = AbilityConfig(),
 
     lu, lf = cat("lu"), cat("lf")
     su, sf = cat("su"), cat("sf")
-    cu, cf = cat("cu"), cat("cf")
-    return Views(
+    content = {k: (torch.cat(cont_u[k]).numpy(), torch.cat(cont_f[k]).numpy()) for k in CONTENT_VIEWS if k in cont_u}
+    views = Views(
         utt_ids=ids, utt_speakers=np.array([spk_of[u] for u in ids], dtype=object),
-        latent_utts=lu, speaker_utts=su if su is not None else lu, content_utts=cu if cu is not None else lu,
+        latent_utts=lu, speaker_utts=su if su is not None else lu,
         frame_phones=np.concatenate(acc["ph"]) if acc["ph"] else np.zeros(0, object),
         frame_speakers=np.concatenate(acc["fs"]) if acc["fs"] else np.zeros(0, object),
-        latent_frames=lf, speaker_frames=sf if sf is not None else lf, content_frames=cf if cf is not None else lf,
-        hyps=hyps,
+        latent_frames=lf, speaker_frames=sf if sf is not None else lf, content=content, hyps=hyps,
     )
+    # the fixed headline view, or "hidden" until choose_content_view has seen the dev speakers
+    return views.with_content_view("hidden" if config.content_layer == "auto" else config.content_layer)
 
 
 def _reference_phones(cache, utt_id: str, references: Mapping[str, str] | None) -> list[str]:
@@ -235,6 +279,44 @@ def _per(hyps: Mapping[str, list[str]], cache, references, bootstrap: BootstrapC
     return {"per": per, "ci_low": ci.low if ci else math.nan, "ci_high": ci.high if ci else math.nan}
 
 
+def content_view_scores(views: Views, config: AbilityConfig = AbilityConfig()) -> dict[str, dict[str, float]]:
+    """Both probes on every available content view (the speaker view as the other side of each gap).
+
+    Returns:
+        view name -> ``{"speaker_id_acc", "phone_acc", "gap_speaker_points", "gap_phone_points"}``
+        (fractions and points, as in :func:`abilities_from_views`); ``{}`` without a CTC head.
+    """
+    v, pc = views, config.probe
+    if not v.content:
+        return {}
+    keep = ~np.isin(v.frame_phones.astype(str), ["<unk>"])
+    fp, fs = v.frame_phones[keep].astype(str), v.frame_speakers[keep]
+    spk = speaker_id_accuracy(v.speaker_utts, v.utt_speakers, pc)
+    phone_of_speaker_view = phone_accuracy(v.speaker_frames[keep], fp, fs, pc)
+    out = {}
+    for name, (utts, frames) in v.content.items():
+        sid, ph = speaker_id_accuracy(utts, v.utt_speakers, pc), phone_accuracy(frames[keep], fp, fs, pc)
+        out[name] = {"speaker_id_acc": sid, "phone_acc": ph, "gap_speaker_points": 100.0 * (spk - sid),
+                     "gap_phone_points": 100.0 * (ph - phone_of_speaker_view)}
+    return out
+
+
+def choose_content_view(dev_scores: Mapping[str, Mapping[str, float]]) -> str:
+    """The headline content view, from :func:`content_view_scores` on DEV speakers.
+
+    Rule: the largest speaker-direction gap among the views whose dev frame phone accuracy is at
+    least the ``hidden`` view's (the old content view: a view may drop the voice but not the
+    phones); ties (within 1e-9) go to the earlier view of :data:`CONTENT_VIEWS`. ``hidden`` itself
+    always qualifies, so there is always a choice; ``latent`` without a CTC head.
+    """
+    if not dev_scores:
+        return "latent"
+    floor = dev_scores["hidden"]["phone_acc"] if "hidden" in dev_scores else -math.inf
+    ok = [n for n in CONTENT_VIEWS if n in dev_scores and dev_scores[n]["phone_acc"] >= floor - 1e-12]
+    best = max(dev_scores[n]["gap_speaker_points"] for n in ok)
+    return next(n for n in ok if dev_scores[n]["gap_speaker_points"] >= best - 1e-9)
+
+
 def abilities_from_views(views: Views, config: AbilityConfig = AbilityConfig()) -> dict:
     """Probe results from extracted views (PER excluded: see :func:`measure_abilities`).
 
@@ -244,6 +326,8 @@ def abilities_from_views(views: Views, config: AbilityConfig = AbilityConfig()) 
         ``phone_acc_content_view``, ``phone_acc_speaker_view``, ``gap_phone_points``,
         ``factorisation_gap`` (= ``gap_speaker_points``, the headline), ``eer``,
         ``n_speakers``, ``n_utterances``, ``n_frames``; accuracies and EER are fractions, gaps points.
+        The content-view keys are the headline view's (named by ``content_view``);
+        ``content_views`` holds :func:`content_view_scores` of every available view.
     """
     v = views
     pc = config.probe
@@ -267,6 +351,8 @@ def abilities_from_views(views: Views, config: AbilityConfig = AbilityConfig()) 
         "gap_phone_points": gap["phone"]["gap_points"],
     }
     out["factorisation_gap"] = out["gap_speaker_points"]
+    out["content_view"] = v.content_view
+    out["content_views"] = content_view_scores(v, config)
     trials = build_trials(v.utt_ids, v.utt_speakers.astype(str), config.trials)
     scores = cosine_scores(v.speaker_utts, v.utt_ids, trials)
     out["eer"] = equal_error_rate(scores, trials["target"].to_numpy())[0]
@@ -274,7 +360,8 @@ def abilities_from_views(views: Views, config: AbilityConfig = AbilityConfig()) 
 
 
 def measure_abilities(model: Any, cache, config: AbilityConfig = AbilityConfig(),
-                      references: Mapping[str, str] | None = None, views: Views | None = None) -> dict:
+                      references: Mapping[str, str] | None = None, views: Views | None = None,
+                      dev_views: Views | None = None) -> dict:
     """All ability numbers of one model on the TEST split, as one flat dict.
 
     Args:
@@ -285,18 +372,32 @@ def measure_abilities(model: Any, cache, config: AbilityConfig = AbilityConfig()
             ``phonemes`` column) for PER; default: phone runs of the cache's frame alignment.
         views: :func:`extract_views` of the same model, cache and config, when the caller already
             has them (e.g. to also plot the latent); None extracts them here.
+        dev_views: :func:`extract_views` of the same model on the DEV split; needed when
+            ``config.content_layer`` is ``auto`` and the model has a CTC head (the headline content
+            view is chosen on them by :func:`choose_content_view`, never on test).
 
     Returns:
         :func:`abilities_from_views`'s keys plus ``per``/``per_ci_low``/``per_ci_high`` and
         ``per_vq``/``per_vq_ci_low``/``per_vq_ci_high`` (NaN without that head),
         ``has_speaker_head``, ``has_ctc_head``, ``has_vq_head``, ``has_router`` (0/1) and
-        ``wall_s``.
+        ``wall_s``; with ``dev_views``, ``content_views_dev`` (the dev scores the choice saw).
+
+    Raises:
+        EchoError: ``content_layer: auto`` with a CTC head and no ``dev_views``.
     """
     t0 = time.perf_counter()
     parts = model_parts(model)
     if views is None:
         views = extract_views(parts, cache, config)
+    dev_scores = content_view_scores(dev_views, config) if dev_views is not None else None
+    if config.content_layer == "auto" and views.content:
+        if dev_scores is None:
+            raise EchoError("abilities: content_layer 'auto' chooses the content view on dev speakers; "
+                            "pass dev_views (extract_views of the dev split)")
+        views = views.with_content_view(choose_content_view(dev_scores))
     out = abilities_from_views(views, config)
+    if dev_scores is not None:
+        out["content_views_dev"] = dev_scores
     for name, key in (("ctc", "per"), ("vq_ctc", "per_vq")):
         r = _per(views.hyps[name], cache, references, config.bootstrap) if name in views.hyps else \
             {"per": math.nan, "ci_low": math.nan, "ci_high": math.nan}
@@ -304,7 +405,8 @@ def measure_abilities(model: Any, cache, config: AbilityConfig = AbilityConfig()
     out.update(has_speaker_head=int(parts.speaker is not None), has_ctc_head=int(parts.ctc is not None),
                has_vq_head=int(parts.vq_ctc is not None), has_router=int(parts.router is not None),
                wall_s=time.perf_counter() - t0)
-    log.info("abilities: speaker-ID %.3f/%.3f, phone %.3f/%.3f, gap %.1f pts, EER %.3f, PER %.3f",
+    log.info("abilities: speaker-ID %.3f/%.3f, phone %.3f/%.3f (content view %s), gap %.1f pts, EER %.3f, PER %.3f",
              out["speaker_id_acc_speaker_view"], out["speaker_id_acc_content_view"], out["phone_acc_content_view"],
+             out["content_view"],
              out["phone_acc_speaker_view"], out["factorisation_gap"], out["eer"], out["per"])
     return out

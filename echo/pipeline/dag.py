@@ -121,7 +121,7 @@ def nodes() -> list[Node]:
     for st in ("pretrain",) + tuple(STAGE_HEADS):
         model = "models/pretrain" if st == "pretrain" else f"models/stages/{st}"
         out.append(Node(
-            f"abilities_{st}", "evaluation", "abilities", deps=(model, "data/features/test", "data/corpus"),
+            f"abilities_{st}", "evaluation", "abilities", deps=(model, "data/features/test", "data/corpus", "data/features/dev"),
             outs=("results/figures/latent_map.png",) if st == "routing" else (), params=("evaluation.abilities",), code=_code("echo/evaluate/abilities.py", "echo/evaluate/figures.py", *eval_code),
             wildcards=(("stage", st),), metrics=(f"results/abilities/{st}.json",), threads=2))
     diar_code = ("echo/evaluate/diarize.py", "echo/diarization/diarizer.py", "echo/diarization/backend.py",

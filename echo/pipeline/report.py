@@ -111,8 +111,13 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
         m = {}
     rows = {ABLATION_ROWS[k]: v for k, v in abil.items() if v is not None}
     parts.append(sec.ablation_table(rows))
+    parts.append(sec.content_views_table(rows))
     import pandas as pd
 
+    ph_dir = models.get("phonetic")
+    ph_dev = ph_dir / "dev.parquet" if ph_dir else None
+    parts.append(sec.phonetic_stage_table(_load(ph_dir / "summary.json") if ph_dir else None,
+                                          pd.read_parquet(ph_dev).to_dict("records") if ph_dev and ph_dev.exists() else None))
     seg_dir = models.get("segmentation")
     seg_dev = seg_dir / "dev.parquet" if seg_dir else None
     parts.append(sec.segmentation_table(_load(seg_dir / "summary.json") if seg_dir else None,
@@ -140,7 +145,8 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
         "confusion_blind": diar["blind"]["primary"].get("confusion_rate"),
         "der_exclusive": diar["blind"].get("exclusive", {}).get("der"),
         "pretrain": m,
-        "abilities": {st: {k: v for k, v in (a or {}).items() if isinstance(v, (int, float))}
+        "abilities": {st: {k: v for k, v in (a or {}).items()
+                           if isinstance(v, (int, float)) or k in ("content_view", "content_views", "content_views_dev")}
                       for st, a in abil.items()},
     }
     return parts, metrics

@@ -280,7 +280,8 @@ def _load_model(path: Path):
 
 
 def abilities(node, raw, run):
-    """Speaker / phonetic / factorisation abilities of one stage's model on TEST speakers (ablation row)."""
+    """Speaker / phonetic / factorisation abilities of one stage's model on TEST speakers (ablation row);
+    the content views are also probed on DEV speakers, where ``content_layer: auto`` picks the headline one."""
     from echo.corpus import manifest as mf
     from echo.evaluate.abilities import extract_views, measure_abilities
     from echo.features import FeatureCache
@@ -291,7 +292,8 @@ def abilities(node, raw, run):
     refs = {u: p for u, p in zip(man["utt_id"], man["phonemes"]) if p}
     cfg = load_section(raw, "evaluation.abilities")
     v = extract_views(model, test, cfg, hook=NodeProgress())
-    out = measure_abilities(model, test, cfg, references=refs or None, views=v)
+    dev = extract_views(model, FeatureCache(node.deps[3], expected=load_section(raw, "features")), cfg)
+    out = measure_abilities(model, test, cfg, references=refs or None, views=v, dev_views=dev)
     out["stage"] = dict(node.wildcards)["stage"]
     write_json(node.metrics[0], out)
     if node.outs:  # the final model: a 2-D map of its shared latent, by speaker and by phone

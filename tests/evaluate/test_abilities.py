@@ -7,7 +7,9 @@ import torch
 
 
 from echo.errors import ConfigError
-from echo.evaluate.abilities import AbilityConfig, extract_views, measure_abilities
+from echo.errors import EchoError
+from echo.evaluate.abilities import (AbilityConfig, Views, choose_content_view, content_representations,
+                                     content_view_scores, extract_views, measure_abilities)
 from echo.features import FrontEnd, build_feature_cache
 from echo.metrics.bootstrap import BootstrapConfig
 from echo.metrics.probe import ProbeConfig
@@ -15,7 +17,7 @@ from echo.metrics.probe import ProbeConfig
 from tests.evaluate.helpers import tiny_parts
 
 CFG = AbilityConfig(probe=ProbeConfig(max_train_frames=400, max_test_frames=200), max_tokens_per_utt=20,
-                    bootstrap=BootstrapConfig(n_boot=200))
+                    content_layer="hidden", bootstrap=BootstrapConfig(n_boot=200))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ def test_bare_encoder_gap_is_zero_and_probes_run(cache):
 
 def test_views_come_from_the_heads(cache):
     parts = tiny_parts()
-    cfg = AbilityConfig(probe=CFG.probe, max_tokens_per_utt=100)  # keep every labelled token
+    cfg = AbilityConfig(probe=CFG.probe, max_tokens_per_utt=100, content_layer="hidden")  # every labelled token
     v = extract_views(parts, cache, cfg)
     assert v.speaker_utts.shape == (12, 16) and v.speaker_frames.shape == (12 * 30, 16)
     np.testing.assert_allclose(np.linalg.norm(v.speaker_utts, axis=1), 1.0, atol=1e-5)
@@ -125,3 +127,116 @@ def test_precomputed_views_give_the_same_numbers(cache):
     assert given.keys() == fresh.keys()
     for k, v in fresh.items():
         assert given[k] == v or (np.isnan(v) and np.isnan(given[k])), k
+
+
+def _ctc_reading(dims: int, phones: int, reads: slice):
+    """A linear CTC head (hidden view = its input, the latent) whose output layer reads only ``reads``."""
+    from echo.heads.ctc import CTCConfig, CTCHead, PhoneInventory
+
+    head = CTCHead(CTCConfig(d_model=dims, num_layers=0, dropout=0.0), PhoneInventory(tuple("abcd"[:phones]))).eval()
+    with torch.no_grad():
+        w = head.classifier[-1].weight
+        w.zero_()
+        head.classifier[-1].bias.zero_()
+        for p in range(phones):  # phone p's logit = 4 x latent[p] (dims reads.start + p)
+            w[p + 1, reads.start + p] = 4.0
+        head.classifier[-1].bias[0] = 1.0  # the blank
+    return head
+
+
+def test_posterior_views_drop_the_voice_that_the_hidden_view_keeps():
+    """Constructed case: latent = one-hot phone part (dims 0-3) + a per-speaker voice part (dims 4-11);
+    the head reads only the phone part. Two voices saying the same phones give the same phone
+    posteriorgram, and speaker ID from it falls to chance, while the hidden view (the latent)
+    identifies every speaker."""
+    rng = np.random.default_rng(0)
+    n_spk, n_utt, t = 6, 6, 12
+    voices = rng.normal(size=(n_spk, 8)) * 3
+    head = _ctc_reading(12, 4, slice(0, 4))
+    utt_lat, spk = [], []
+    for s in range(n_spk):
+        for u in range(n_utt):
+            ph = rng.integers(0, 4, t)  # every utterance its own phone sequence
+            z = np.concatenate([np.eye(4)[ph], np.repeat(voices[s][None], t, 0)], axis=1)
+            utt_lat.append(z)
+            spk.append(f"s{s}")
+    lat = torch.tensor(np.stack(utt_lat), dtype=torch.float32)
+    mask = torch.ones(lat.shape[:2], dtype=torch.bool)
+    with torch.no_grad():
+        reps = content_representations(head, None, lat, mask)
+    assert set(reps) == {"hidden", "posterior", "phones"}  # no VQ head: no codes
+    torch.testing.assert_close(reps["hidden"], lat)  # a linear head's hidden view is the latent
+    torch.testing.assert_close(reps["posterior"].sum(-1), torch.ones(lat.shape[:2]))
+    torch.testing.assert_close(reps["phones"], reps["posterior"][..., 1:] / reps["posterior"][..., 1:].sum(-1, keepdim=True))
+    # same phones, two voices -> the same posteriorgram; the hidden view differs by the voice
+    same = torch.cat([torch.eye(4)[[0, 1, 2]], torch.tensor(np.repeat(voices[[0]], 3, 0), dtype=torch.float32)], 1)
+    other = same.clone()
+    other[:, 4:] = torch.tensor(voices[1], dtype=torch.float32)
+    with torch.no_grad():
+        a = content_representations(head, None, same[None], torch.ones(1, 3, dtype=torch.bool))
+        b = content_representations(head, None, other[None], torch.ones(1, 3, dtype=torch.bool))
+    torch.testing.assert_close(a["phones"], b["phones"])
+    assert (a["hidden"] - b["hidden"]).abs().max() > 1.0
+    # the probes: speaker ID on utterance means (chance 1/6) and frame phones across speakers
+    utt = {k: x.mean(1).numpy() for k, x in reps.items()}
+    frames = {k: x.reshape(-1, x.shape[-1]).numpy() for k, x in reps.items()}
+    phones = np.array(["abcd"[i] for i in lat[..., :4].argmax(-1).reshape(-1).tolist()], dtype=object)
+    views = Views(utt_ids=[f"u{i}" for i in range(len(spk))], utt_speakers=np.array(spk, dtype=object),
+                  latent_utts=utt["hidden"], speaker_utts=utt["hidden"], frame_phones=phones,
+                  frame_speakers=np.repeat(np.array(spk, dtype=object), t), latent_frames=frames["hidden"],
+                  speaker_frames=frames["hidden"], content={k: (utt[k], frames[k]) for k in reps}, hyps={})
+    scores = content_view_scores(views, CFG)
+    assert scores["hidden"]["speaker_id_acc"] == 1.0 and scores["hidden"]["gap_speaker_points"] == 0.0
+    for name in ("posterior", "phones"):
+        assert scores[name]["speaker_id_acc"] <= 0.5, name  # chance is 1/6; voices are gone
+        assert scores[name]["gap_speaker_points"] >= 50.0
+        assert scores[name]["phone_acc"] == 1.0  # the phones survive
+    assert choose_content_view(scores) == "posterior"  # equal gaps: the earlier view
+
+
+def test_codes_view_is_the_vq_heads_quantised_latent(cache):
+    from echo.heads.ctc import CTCConfig, CTCHead, PhoneInventory
+    from echo.heads.vq import VQConfig
+
+    parts = tiny_parts()
+    vq = CTCHead(CTCConfig(d_model=32, hidden_dim=16), PhoneInventory(("a", "b", "c")),
+                 VQConfig(d_model=32, codebook_size=8, code_dim=32)).eval()
+    lat = torch.randn(2, 5, 32)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        reps = content_representations(parts.ctc, vq, lat, mask)
+        torch.testing.assert_close(reps["codes"], vq.vq(lat, mask).quantized)
+        only_vq = content_representations(None, vq, lat, mask)  # the VQ head stands in for the CTC head
+        torch.testing.assert_close(only_vq["hidden"], vq.classifier[:-1](vq.vq(lat, mask).quantized))
+    assert content_representations(None, None, lat, mask) == {}
+
+
+def test_choose_content_view_keeps_the_phones():
+    def sc(gap, phone):
+        return {"speaker_id_acc": 1 - gap / 100, "phone_acc": phone, "gap_speaker_points": gap, "gap_phone_points": 0.0}
+
+    # 'codes' drops the most voice but loses phones: not eligible; 'phones' beats 'posterior'
+    dev = {"hidden": sc(3, 0.40), "posterior": sc(50, 0.40), "phones": sc(60, 0.41), "codes": sc(90, 0.30)}
+    assert choose_content_view(dev) == "phones"
+    assert choose_content_view({"hidden": sc(3, 0.4), "posterior": sc(50, 0.39)}) == "hidden"
+    assert choose_content_view({}) == "latent"
+
+
+def test_auto_content_view_is_chosen_on_dev_not_test(cache):
+    parts = tiny_parts()
+    auto = AbilityConfig(probe=CFG.probe, max_tokens_per_utt=20, bootstrap=CFG.bootstrap)
+    with pytest.raises(EchoError, match="dev_views"):
+        measure_abilities(parts, cache, auto)
+    test_views = extract_views(parts, cache, auto)
+    dev_views = extract_views(parts, cache, auto)
+    dev_views.content = {"hidden": dev_views.content["hidden"], "phones": dev_views.content["phones"]}
+    dev_views.content["phones"] = dev_views.content["hidden"]  # dev says: phones is as good as hidden
+    out = measure_abilities(parts, cache, auto, views=test_views, dev_views=dev_views)
+    assert out["content_view"] == "hidden"  # equal dev scores: the earlier view
+    assert set(out["content_views"]) == {"hidden", "posterior", "phones"}
+    assert set(out["content_views_dev"]) == {"hidden", "phones"}
+    for key, name in (("speaker_id_acc_content_view", "speaker_id_acc"), ("phone_acc_content_view", "phone_acc"),
+                      ("gap_speaker_points", "gap_speaker_points")):
+        assert out[key] == pytest.approx(out["content_views"]["hidden"][name])
+    # a bare encoder has no content view to choose: the latent, no dev views needed
+    assert measure_abilities(parts.encoder, cache, auto)["content_view"] == "latent"

@@ -1,7 +1,7 @@
 import copy
 import json
 
-from echo.evaluate.sections import (PAPER, ablation_table, confusion_table, diarization_by_k_table, format_cell, main_table,
+from echo.evaluate.sections import (PAPER, ablation_table, confusion_table, content_views_table, phonetic_stage_table, diarization_by_k_table, format_cell, main_table,
                                     separation_by_k_table, segmentation_table, status, tuning_table)
 
 
@@ -22,10 +22,14 @@ SEP = {"count_accuracy": 0.995, "count_accuracy_ci": [0.99, 1.0], "pit_accuracy"
        "by_k": {"2": {"n_mixtures": 10, "count_accuracy": 1.0, "count_accuracy_ci": [1, 1], "pit_accuracy": 1.0,
                       "pit_accuracy_ci": [1, 1], "si_sdr": 9.0, "si_sdr_ci": [8, 10], "si_sdri": 11.0, "si_sdri_ci": [10, 12]}},
        "n_mixtures": 10, "count": {"labels": [2], "confusion": [[10]]}}
-ABIL = {"factorisation_gap": 61.5, "gap_phone_points": 40.0, "per": 0.162, "per_ci_low": 0.15, "per_ci_high": 0.17,
+ABIL = {"factorisation_gap": 61.5, "gap_phone_points": 40.0, "per": 0.262, "per_ci_low": 0.25, "per_ci_high": 0.27,
         "per_vq": float("nan"), "eer": 0.05, "speaker_id_acc_speaker_view": 0.9, "speaker_id_acc_content_view": 0.285,
         "phone_acc_content_view": 0.7, "phone_acc_speaker_view": 0.3, "gap_speaker_points": 61.5,
-        "latent_speaker_id_acc": 0.8, "latent_phone_acc": 0.6}
+        "latent_speaker_id_acc": 0.8, "latent_phone_acc": 0.6, "content_view": "phones",
+        "content_views": {"hidden": {"speaker_id_acc": 0.85, "phone_acc": 0.65, "gap_speaker_points": 5.0, "gap_phone_points": 35.0},
+                          "phones": {"speaker_id_acc": 0.285, "phone_acc": 0.7, "gap_speaker_points": 61.5, "gap_phone_points": 40.0}},
+        "content_views_dev": {"hidden": {"speaker_id_acc": 0.8, "phone_acc": 0.6, "gap_speaker_points": 10.0, "gap_phone_points": 30.0},
+                              "phones": {"speaker_id_acc": 0.3, "phone_acc": 0.62, "gap_speaker_points": 60.0, "gap_phone_points": 32.0}}}
 
 
 def _row(md, name):
@@ -47,7 +51,11 @@ def test_main_table_shows_given_numbers_paper_and_target_status():
     assert "+10.25 [9.90, 10.60]" in _row(md, "Latent SI-SDRi")
     assert "| met |" in _row(md, "Latent SI-SDRi") and "+9.52" in _row(md, "Latent SI-SDR (dB)")
     assert "+61.50" in _row(md, "Factorisation gap, speaker-ID") and "| met |" in _row(md, "Factorisation gap, speaker-ID")
-    assert "16.20 [15.00, 17.00]" in _row(md, "PER, continuous") and "**missed**" in _row(md, "PER, continuous")
+    assert "26.20 [25.00, 27.00]" in _row(md, "PER, continuous") and "**missed**" in _row(md, "PER, continuous")
+    # the headline content view is named, and the old hidden-layer view stays visible beside it
+    assert _row(md, "Factorisation gap, speaker-ID, content view = phones").endswith("≥ 40 pts | met |")
+    assert "+5.00" in _row(md, "Factorisation gap, speaker-ID, hidden-layer view")
+    assert "70.00" in _row(md, "Frame phone accuracy, content view = phones") and "65.00" in _row(md, "Frame phone accuracy, hidden-layer")
     assert "n/a" in _row(md, "PER, through VQ")
     assert all("n/a" in _row(main_table(None, None, None), n) for n in ("Blind DER, all K", "PIT separation"))
 
@@ -80,6 +88,17 @@ def test_by_k_confusion_ablation_and_tuning_tables():
     assert "+61.50 ± 0.00 (n=2)" in _row(abl, "+routing")
     assert "blind DER" not in abl  # no stage has it
     assert "blind DER" in ablation_table({"+routing": {**ABIL, "der": 0.2}})
+    views = content_views_table({"pretrain": {**ABIL, "content_views": {}}, "+routing": ABIL})
+    assert "pretrain" not in views  # no phonetic head, no content views
+    assert _row(views, "+routing | hidden") == "| +routing | hidden (CTC head's last hidden layer) | 85.00 | 65.00 | +5.00 | +35.00 | 80.00 | 60.00 | +10.00 |"
+    assert "| +routing | **phones (posteriorgram over phones, blank removed)** | 28.50 | 70.00 | +61.50 |" in views
+    assert "n/a (no stage" in content_views_table({"pretrain": {**ABIL, "content_views": {}}})
+    ph = phonetic_stage_table({"best_step": 50, "config": {"codebook_size": 256}},
+                              [{"step": 0, "per_ctc": 1.0, "per_vq": 1.0, "vq_perplexity": 3.25, "vq_usage": 0.1, "speaker_eer": 0.02},
+                               {"step": 50, "per_ctc": 0.4, "per_vq": 0.6, "vq_perplexity": 80.0, "vq_usage": 0.5}])
+    assert _row(ph, "0 |") == "| 0 | 100.00 | 100.00 | 3.2 | 10.0 | 2.00 |"
+    assert _row(ph, "50 (selected)") == "| 50 (selected) | 40.00 | 60.00 | 80.0 | 50.0 | n/a |" and "256 codes" in ph
+    assert "n/a (not trained)" in phonetic_stage_table(None, None)
     tune = tuning_table([{"Fa": 0.3, "Fb": 17, "loopP": 0.0, "ahc_threshold": 0.3, "der": 0.2, "der_smoothed": 0.15,
                           "count_accuracy": 0.5, "selected": True},
                          {"Fa": 0.1, "Fb": 5, "loopP": 0.0, "ahc_threshold": 0.3, "der": 0.1, "der_smoothed": 0.3,

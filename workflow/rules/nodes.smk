@@ -358,7 +358,7 @@ rule stage_separation:
 # stage: evaluation
 rule abilities_pretrain:
     input:
-        data=["models/pretrain", "data/features/test", "data/corpus"],
+        data=["models/pretrain", "data/features/test", "data/corpus", "data/features/dev"],
         code=["echo/pipeline/steps.py", "echo/evaluate/abilities.py", "echo/evaluate/figures.py", "echo/evaluate/__init__.py", "echo/metrics/probe.py", "echo/metrics/verification.py", "echo/metrics/asr.py", "echo/metrics/bootstrap.py"],
     output:
         metrics=["results/abilities/pretrain.json"],
@@ -378,7 +378,7 @@ rule abilities_pretrain:
 # stage: evaluation
 rule abilities_speaker:
     input:
-        data=["models/stages/speaker", "data/features/test", "data/corpus"],
+        data=["models/stages/speaker", "data/features/test", "data/corpus", "data/features/dev"],
         code=["echo/pipeline/steps.py", "echo/evaluate/abilities.py", "echo/evaluate/figures.py", "echo/evaluate/__init__.py", "echo/metrics/probe.py", "echo/metrics/verification.py", "echo/metrics/asr.py", "echo/metrics/bootstrap.py"],
     output:
         metrics=["results/abilities/speaker.json"],
@@ -398,7 +398,7 @@ rule abilities_speaker:
 # stage: evaluation
 rule abilities_phonetic:
     input:
-        data=["models/stages/phonetic", "data/features/test", "data/corpus"],
+        data=["models/stages/phonetic", "data/features/test", "data/corpus", "data/features/dev"],
         code=["echo/pipeline/steps.py", "echo/evaluate/abilities.py", "echo/evaluate/figures.py", "echo/evaluate/__init__.py", "echo/metrics/probe.py", "echo/metrics/verification.py", "echo/metrics/asr.py", "echo/metrics/bootstrap.py"],
     output:
         metrics=["results/abilities/phonetic.json"],
@@ -418,7 +418,7 @@ rule abilities_phonetic:
 # stage: evaluation
 rule abilities_routing:
     input:
-        data=["models/stages/routing", "data/features/test", "data/corpus"],
+        data=["models/stages/routing", "data/features/test", "data/corpus", "data/features/dev"],
         code=["echo/pipeline/steps.py", "echo/evaluate/abilities.py", "echo/evaluate/figures.py", "echo/evaluate/__init__.py", "echo/metrics/probe.py", "echo/metrics/verification.py", "echo/metrics/asr.py", "echo/metrics/bootstrap.py"],
     output:
         "results/figures/latent_map.png",

@@ -4,6 +4,7 @@
     python -m echo diarize a.wav calls/ --out-dir out/ --num-speakers 2 [--embeddings]
     python -m echo separate meeting.wav --out-dir sources/           # one WAV per speaker
     python -m echo transcribe talk.mp3 --out talk.tsv                # phones with times (CTC head)
+    python -m echo transcribe talk.mp3 --words words.txt --out talk.json  # + words from a word list
     python -m echo embed voice.flac --out voice.npy [--per-window]   # speaker embedding(s)
 
 (``echo-jepa`` is the same program as ``python -m echo``.) Without ``--checkpoint`` the model
@@ -546,21 +547,40 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     session = _Session(args)
     head = "vq_ctc" if args.vq else "ctc"
     session.require(head, "transcribe")  # fail before decoding an hour of audio
+    decoder = None
+    if args.words is not None:  # spell the word list before any audio is decoded
+        from echo.lexicon import Lexicon, WordDecoder, read_word_list
+
+        inventory = getattr(session.model, head).inventory
+        decoder = WordDecoder(Lexicon.from_words(read_word_list(args.words), inventory, voice=args.voice), inventory)
     wave = _read(src, session.config)
     rows: list[tuple[float, float, str]] = []
+    words = []
     if not _silent(wave, src, session.config):
         import torch
 
-        z = session.latents(wave, src.path.name)
-        (t,) = session.model.transcribe(torch.from_numpy(z)[None].to(session.device), vq=args.vq)
+        z = torch.from_numpy(session.latents(wave, src.path.name))[None].to(session.device)
+        (t,) = session.model.transcribe(z, vq=args.vq)
         rows = list(zip(t.start_s, t.end_s, t.phones))
+        if decoder is not None:
+            with torch.no_grad():
+                out = getattr(session.model, head)(z)
+            words = decoder.decode(out.log_probs[0], getattr(session.model, head).config.frame_shift)
     if args.out is not None and Path(args.out).suffix.lower() == ".json":
         from echo.io import write_json
 
-        write_json(args.out, {"uri": _uri(src.path), "head": head,
-                              "phones": [{"start": round(a, 3), "end": round(b, 3), "phone": p} for a, b, p in rows]})
+        doc = {"uri": _uri(src.path), "head": head,
+               "phones": [{"start": round(a, 3), "end": round(b, 3), "phone": p} for a, b, p in rows]}
+        if decoder is not None:
+            doc["words"] = [{"start": round(w.start_s, 3), "end": round(w.end_s, 3), "word": w.word,
+                             "phones": " ".join(w.phones)} for w in words]
+        write_json(args.out, doc)
         return 0
-    text = "start\tend\tphone\n" + "".join(f"{a:.3f}\t{b:.3f}\t{p}\n" for a, b, p in rows)
+    if decoder is not None:
+        text = "start\tend\tword\tphones\n" + "".join(
+            f"{w.start_s:.3f}\t{w.end_s:.3f}\t{w.word}\t{' '.join(w.phones)}\n" for w in words)
+    else:
+        text = "start\tend\tphone\n" + "".join(f"{a:.3f}\t{b:.3f}\t{p}\n" for a, b, p in rows)
     if args.out is not None:
         from echo.io import write_text
 
@@ -677,6 +697,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("input", metavar="IN", help="audio file")
     t.add_argument("--out", metavar="FILE", help="write TSV (or JSON if FILE ends in .json) instead of stdout")
     t.add_argument("--vq", action="store_true", help="decode through the VQ bottleneck head")
+    t.add_argument("--words", metavar="FILE", help="word list (one word per line): decode words from it with "
+                   "espeak-ng's pronunciations and a lexicon-constrained CTC beam search; TSV rows become words "
+                   "(start, end, word, phones), JSON gets a 'words' list beside the phones")
+    t.add_argument("--voice", default="en-us", help="espeak-ng voice for the word list's pronunciations (default en-us)")
     _common(t)
     t.set_defaults(func=cmd_transcribe)
 

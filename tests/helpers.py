@@ -23,7 +23,7 @@ def write_bad_input(path: Path, case: str) -> Path:
     return path
 
 
-def tiny_diarizer():
+def tiny_diarizer(phones=("a", "b", "c")):
     """A random-weight model with every head the CLI uses (segmentation for diarize, the separator
     for separate) and a PLDA fitted on random embeddings, as a
     :class:`~echo.diarization.diarizer.Diarizer`."""
@@ -43,7 +43,7 @@ def tiny_diarizer():
     model = EchoModel(
         Encoder(EncoderConfig(dim=D, depth=1, heads=2, mlp_dim=64)), stage="separation",
         speaker=SpeakerHead(SpeakerConfig(d_model=D, emb_dim=E, attention_dim=8)),
-        ctc=CTCHead(CTCConfig(d_model=D, hidden_dim=16, num_layers=0), PhoneInventory(("a", "b", "c"))),
+        ctc=CTCHead(CTCConfig(d_model=D, hidden_dim=16, num_layers=0), PhoneInventory(tuple(phones))),
         router=SourceRouter(RouterConfig(d_model=D, k_max=3, width=16, num_layers=1, num_heads=2)),
         segmentation=SegmentationHead(SegmentationConfig(d_model=D, width=16, num_layers=1)),
         separator=SlotSeparator(SeparatorConfig(d_model=D, width=16, hidden=16, num_blocks=2, slot_attention_every=1,

@@ -562,6 +562,34 @@ def test_transcribe_tsv_stdout_and_json(env, capsys, tmp_path):
     assert rc == 0 and [p["phone"] for p in data["phones"]] == [r[2] for r in rows]
 
 
+def test_transcribe_words_from_a_word_list(env, capsys, caplog, tmp_path):
+    root, _, files = env
+    bundle = tmp_path / "bundle"
+    tiny_diarizer(phones=("b", "k", "æ")).save(bundle)  # espeak-ng en-us: cab = k æ b, back = b æ k
+    words = tmp_path / "words.txt"
+    words.write_text("# my words\ncab\nBack\n\nxylophone\n")  # xylophone has phones the model lacks
+    rc, out, err = run(["transcribe", files["wav"], "--checkpoint", bundle, "--words", words], capsys)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "start\tend\tword\tphones" and len(lines) > 1
+    rows = [l.split("\t") for l in lines[1:]]
+    assert {r[2] for r in rows} <= {"cab", "back"} and "skipped: xylophone" in caplog.text  # with a warning
+    assert all(r[3] == {"cab": "k æ b", "back": "b æ k"}[r[2]] for r in rows)
+    starts, ends = np.array([float(r[0]) for r in rows]), np.array([float(r[1]) for r in rows])
+    assert (ends > starts).all() and (starts[1:] >= ends[:-1] - 1e-9).all() and starts[0] >= 0 and ends[-1] <= 6.05
+    rc, _, err = run(["transcribe", files["wav"], "--checkpoint", bundle, "--words", words, "--out", tmp_path / "w.json"],
+                     capsys)
+    data = json.loads((tmp_path / "w.json").read_text())
+    assert rc == 0 and [w["word"] for w in data["words"]] == [r[2] for r in rows] and data["phones"]
+    # a word list the model cannot spell, or an empty one: one line, nothing written
+    (tmp_path / "none.txt").write_text("xylophone\n")
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    for bad, msg in (("none.txt", "none of the 1 words"), ("empty.txt", "word list is empty"), ("missing.txt", "cannot read")):
+        rc, _, err = run(["transcribe", files["wav"], "--checkpoint", bundle, "--words", tmp_path / bad,
+                          "--out", tmp_path / "bad.json"], capsys)
+        assert rc != 0 and msg in _error_line(err) and not (tmp_path / "bad.json").exists()
+
+
 def test_embed_whole_and_per_window(env, capsys, tmp_path):
     root, bundle, files = env
     rc, _, err = run(["embed", files["wav"], "--out", tmp_path / "e.npy", "--checkpoint", bundle], capsys)

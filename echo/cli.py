@@ -565,7 +565,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         if decoder is not None:
             with torch.no_grad():
                 out = getattr(session.model, head)(z)
-            words = decoder.decode(out.log_probs[0], getattr(session.model, head).config.frame_shift)
+            words = decoder.decode(out.log_probs[0], getattr(session.model, head).output_frame_shift)
     if args.out is not None and Path(args.out).suffix.lower() == ".json":
         from echo.io import write_json
 

@@ -165,9 +165,11 @@ def content_representations(ctc, vq_ctc, lat: torch.Tensor, mask: torch.Tensor) 
     for m in list(head.classifier)[:-1]:  # everything before the output projection
         x = m(x)
     out["hidden"] = x
-    logits = head.classifier[-1](x).float()
-    out["posterior"] = torch.softmax(logits, dim=-1)
-    out["phones"] = torch.softmax(logits[..., 1:], dim=-1)  # P(phone | not blank): the blank id is 0
+    b, t = lat.shape[:2]
+    # one row per token: an upsampling head's outputs of a token are averaged
+    logits = head.classifier[-1](x).float().reshape(b, t, head.config.upsample, -1)
+    out["posterior"] = torch.softmax(logits, dim=-1).mean(2)
+    out["phones"] = torch.softmax(logits[..., 1:], dim=-1).mean(2)  # P(phone | not blank): the blank id is 0
     if vq_ctc is not None:
         out["codes"] = vq_ctc.vq(lat, mask).quantized
     return out

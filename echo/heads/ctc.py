@@ -103,6 +103,10 @@ class CTCConfig:
         num_layers: hidden layers before the output projection (0 = linear probe; 0..4).
         dropout: dropout on the head's input and hidden layers (0 <= p < 1).
         frame_shift: seconds per latent frame (> 0), for decode timestamps.
+        upsample: output frames per latent frame (1..4). A 40 ms token often holds two short phones
+            (one in ten phones of the embedded corpus is under 40 ms) and CTC needs a blank between
+            repeated phones, so with 1 output per token such phones are deleted; ``upsample = 2``
+            emits two 20 ms outputs per token from the same hidden layer.
     """
 
     d_model: int = field(default=512, metadata=rule(ge=1))
@@ -110,13 +114,14 @@ class CTCConfig:
     num_layers: int = field(default=1, metadata=rule(ge=0, le=4))
     dropout: float = field(default=0.1, metadata=rule(ge=0, lt=1))
     frame_shift: float = field(default=0.04, metadata=rule(gt=0))
+    upsample: int = field(default=1, metadata=rule(ge=1, le=4))
 
     def __post_init__(self) -> None:
         check_fields(self)
 
 class CTCOutput(NamedTuple):
-    log_probs: torch.Tensor  # (B, T, V) log-softmax over blank + phones
-    lengths: torch.Tensor  # (B,) int64 valid frames per sequence
+    log_probs: torch.Tensor  # (B, T * upsample, V) log-softmax over blank + phones
+    lengths: torch.Tensor  # (B,) int64 valid output frames per sequence
     vq: VQOutput | None  # the bottleneck's output when the head runs through VQ
 
 
@@ -167,7 +172,7 @@ class CTCHead(Checkpointed, nn.Module):
         for _ in range(config.num_layers):
             layers += [nn.Linear(width, config.hidden_dim), nn.GELU(), nn.Dropout(config.dropout)]
             width = config.hidden_dim
-        layers.append(nn.Linear(width, len(inventory)))
+        layers.append(nn.Linear(width, len(inventory) * config.upsample))
         self.classifier = nn.Sequential(*layers)
 
     def forward(self, latents: torch.Tensor, mask: torch.Tensor | None = None) -> CTCOutput:
@@ -178,7 +183,7 @@ class CTCHead(Checkpointed, nn.Module):
             mask: bool ``(B, T)``, True = valid; padding must be at the end of each row.
 
         Returns:
-            :class:`CTCOutput`.
+            :class:`CTCOutput`, ``upsample`` output frames per latent frame.
         """
         b, t, _ = latents.shape
         if mask is None:
@@ -187,8 +192,14 @@ class CTCHead(Checkpointed, nn.Module):
         if self.vq is not None:
             vq_out = self.vq(latents, mask)
             latents = vq_out.quantized
-        log_probs = F.log_softmax(self.classifier(latents).float(), dim=-1)
-        return CTCOutput(log_probs, mask.sum(dim=1), vq_out)
+        u = self.config.upsample
+        logits = self.classifier(latents).float().reshape(b, t * u, len(self.inventory))  # token-major
+        return CTCOutput(F.log_softmax(logits, dim=-1), mask.sum(dim=1) * u, vq_out)
+
+    @property
+    def output_frame_shift(self) -> float:
+        """Seconds per output frame (``frame_shift / upsample``)."""
+        return self.config.frame_shift / self.config.upsample
 
     def loss(self, latents: torch.Tensor, mask: torch.Tensor | None, targets: torch.Tensor,
              target_lengths: torch.Tensor) -> CTCLoss:
@@ -213,7 +224,7 @@ class CTCHead(Checkpointed, nn.Module):
     def decode(self, latents: torch.Tensor, mask: torch.Tensor | None = None) -> list[CTCHypothesis]:
         """Greedy transcription with timestamps (see :func:`ctc_greedy_decode`)."""
         out = self.forward(latents, mask)
-        return ctc_greedy_decode(out.log_probs, out.lengths, self.config.frame_shift)
+        return ctc_greedy_decode(out.log_probs, out.lengths, self.output_frame_shift)
 
     def checkpoint_config(self) -> dict:
         return {"ctc": asdict(self.config), "vq": asdict(self.vq_config) if self.vq_config else None}

@@ -1,4 +1,4 @@
-"""Phoneme error rate (PER) and greedy CTC decoding.
+"""Phoneme error rate (PER); greedy CTC decoding is :func:`echo.heads.ctc.ctc_greedy_decode`.
 
 PER = (substitutions + deletions + insertions) / reference length, both summed over the corpus
 before dividing (not a mean of per-utterance rates). Edit distance is
@@ -8,47 +8,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-import torch
 from torchaudio.functional import edit_distance
 
-__all__ = ["greedy_ctc_decode", "phoneme_error_rate"]
-
-
-def greedy_ctc_decode(
-    logits: np.ndarray | torch.Tensor,
-    blank: int = 0,
-    lengths: Sequence[int] | None = None,
-) -> list[list[int]]:
-    """Best-path CTC decoding: argmax per frame, collapse repeats, then drop blanks.
-
-    Args:
-        logits: (T, V) for one utterance or (B, T, V) for a batch (log-probabilities or raw
-            scores: only the argmax matters).
-        blank: index of the CTC blank symbol.
-        lengths: valid frames per batch item (padding beyond is ignored); default all frames.
-
-    Returns:
-        One list of token ids per utterance (a single list inside a list for (T, V) input).
-    """
-    x = torch.as_tensor(logits)
-    if x.dim() == 2:
-        x = x.unsqueeze(0)
-    if x.dim() != 3:
-        raise ValueError(f"greedy_ctc_decode: expected (T, V) or (B, T, V) logits, got shape {tuple(x.shape)}")
-    best = x.argmax(dim=-1).cpu().numpy()
-    out = []
-    for b, path in enumerate(best):
-        if lengths is not None:
-            path = path[: int(lengths[b])]
-        if path.size == 0:
-            out.append([])
-            continue
-        keep = np.ones(path.size, dtype=bool)
-        keep[1:] = path[1:] != path[:-1]  # a repeat is merged unless a blank separates it
-        collapsed = path[keep]
-        out.append(collapsed[collapsed != blank].tolist())
-    return out
+__all__ = ["phoneme_error_rate"]
 
 
 def phoneme_error_rate(references: Sequence[Sequence], hypotheses: Sequence[Sequence]) -> dict:

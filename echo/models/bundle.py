@@ -158,7 +158,7 @@ class EchoModel(nn.Module):
         """
         head: CTCHead = self._need("vq_ctc" if vq else "ctc")
         out = head(latents, mask)
-        hyps = ctc_greedy_decode(out.log_probs, out.lengths, head.config.frame_shift)
+        hyps = ctc_greedy_decode(out.log_probs, out.lengths, head.output_frame_shift)
         return [Transcript(head.inventory.decode(h.ids), h.ids, h.start_s, h.end_s) for h in hyps]
 
     @torch.no_grad()

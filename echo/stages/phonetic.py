@@ -43,6 +43,7 @@ class PhoneticStageConfig(StageConfig):
         ctc_hidden_dim: hidden width of both CTC heads (>= 1).
         ctc_layers: hidden layers of both CTC heads (0 = linear probe; 0..4).
         ctc_dropout: dropout in the CTC heads (0 <= p < 1).
+        ctc_upsample: output frames per 40 ms token of both CTC heads (1..4; see :class:`CTCConfig`).
         codebook_size: VQ codes (>= 2).
         code_dim: VQ code width; 0 = the latent width (no projection), else projected (>= 0).
         vq_update: ``ema`` or ``loss`` codebook learning.
@@ -59,6 +60,7 @@ class PhoneticStageConfig(StageConfig):
     ctc_hidden_dim: int = field(default=256, metadata=rule(ge=1))
     ctc_layers: int = field(default=1, metadata=rule(ge=0, le=4))
     ctc_dropout: float = field(default=0.1, metadata=rule(ge=0, lt=1))
+    ctc_upsample: int = field(default=1, metadata=rule(ge=1, le=4))
     codebook_size: int = field(default=256, metadata=rule(ge=2))
     code_dim: int = field(default=0, metadata=rule(ge=0))
     vq_update: Literal[UPDATES] = "ema"
@@ -91,6 +93,7 @@ class PhoneticStage(StageTrainer):
         self.inventory = self.sampler.inventory
         torch.manual_seed(cfg.seed)
         ctc_cfg = CTCConfig(d_model=d, hidden_dim=cfg.ctc_hidden_dim, num_layers=cfg.ctc_layers, dropout=cfg.ctc_dropout,
+                            upsample=cfg.ctc_upsample,
                             frame_shift=patch / self.train_data.frame_rate)
         code_dim = cfg.code_dim or d
         vq_cfg = VQConfig(d_model=d, codebook_size=cfg.codebook_size, code_dim=code_dim, project=code_dim != d,

@@ -113,3 +113,29 @@ def test_save_load_bit_identical(tmp_path, with_vq):
     assert back.inventory == INV and back.config == head.config and back.vq_config == vq
     x = torch.randn(2, 9, D)
     assert torch.equal(back(x).log_probs, head(x).log_probs)
+
+
+def test_upsampling_head_emits_two_phones_from_one_token():
+    """Two different phones inside each 40 ms token: one output per token must drop one of them,
+    two outputs per token (20 ms each) recover the whole sequence, with times at 20 ms."""
+    g = torch.Generator().manual_seed(0)
+    pairs = [(1, 2), (3, 4), (5, 3), (2, 5)]  # token i holds phones pairs[i]; no repeat across tokens
+    table = {p: torch.randn(D, generator=g) for p in set(sum(pairs, ()))}
+    seqs, xs = [], []
+    for n in range(8):
+        order = [pairs[(n + i) % 4] for i in range(3)]
+        seqs.append([p for pr in order for p in pr])
+        xs.append(torch.stack([table[a] + 0.5 * table[b] for a, b in order]))
+    x = torch.stack(xs)
+    targets, lengths = pad_targets(seqs)
+    mask = torch.ones(x.shape[:2], dtype=torch.bool)
+    for upsample, recovers in ((1, False), (2, True)):
+        torch.manual_seed(0)
+        head = CTCHead(CTCConfig(d_model=D, num_layers=1, hidden_dim=32, dropout=0.0, upsample=upsample), INV)
+        out = head(x, mask)
+        assert out.log_probs.shape == (8, 3 * upsample, len(INV)) and out.lengths.tolist() == [3 * upsample] * 8
+        _train(head, x, mask, targets, lengths, steps=150)
+        hyps = head.eval().decode(x, mask)
+        assert ([h.ids for h in hyps] == seqs) is recovers
+        assert head.output_frame_shift == pytest.approx(0.04 / upsample)
+        assert hyps[0].start_s == pytest.approx([s * 0.04 / upsample for s in hyps[0].start_frames])

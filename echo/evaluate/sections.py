@@ -359,11 +359,13 @@ def content_views_table(stages: Mapping[str, Result], title: str = "Content view
     Args:
         stages: stage row name -> :func:`~echo.evaluate.abilities.measure_abilities` dict (or a list over seeds).
     """
+    from echo.evaluate.abilities import CONTENT_VIEWS  # the tie-break order of the choice
+
     rows = []
     for name, res in stages.items():
         r0 = res if isinstance(res, Mapping) else (res[0] if res else None)
         views = (r0 or {}).get("content_views") or {}
-        for view in views:
+        for view in sorted(views, key=lambda v: (CONTENT_VIEWS.index(v) if v in CONTENT_VIEWS else len(CONTENT_VIEWS), v)):
             mark = "**" if (r0 or {}).get("content_view") == view else ""
             rows.append([name, f"{mark}{_VIEW_NAMES.get(view, view)}{mark}",
                          *(format_cell(res, f"content_views.{view}.{k}", sc, sign=sg) for k, sc, sg in (
@@ -377,7 +379,7 @@ def content_views_table(stages: Mapping[str, Result], title: str = "Content view
         ["stage", "content view", "spk-ID (%)", "phone acc. (%)", "gap spk (pts)", "gap phone (pts)",
          "dev spk-ID (%)", "dev phone acc. (%)", "dev gap spk (pts)"], rows), "",
         "Bold: the headline content view, chosen on DEV speakers: the largest speaker-direction gap among the views "
-        "whose dev frame phone accuracy is at least the hidden view's (ties: the order of the table). The hidden view "
+        "whose dev frame phone accuracy is at least the hidden view's (ties: the order of the table, hidden, posterior, phones, codes). The hidden view "
         "is the only content view before issue 12 and stays reported. Probes and gaps as in the stage ablation "
         "(docs/metrics.md).", ""])
 

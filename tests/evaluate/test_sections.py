@@ -26,8 +26,8 @@ ABIL = {"factorisation_gap": 61.5, "gap_phone_points": 40.0, "per": 0.262, "per_
         "per_vq": float("nan"), "eer": 0.05, "speaker_id_acc_speaker_view": 0.9, "speaker_id_acc_content_view": 0.285,
         "phone_acc_content_view": 0.7, "phone_acc_speaker_view": 0.3, "gap_speaker_points": 61.5,
         "latent_speaker_id_acc": 0.8, "latent_phone_acc": 0.6, "content_view": "phones",
-        "content_views": {"hidden": {"speaker_id_acc": 0.85, "phone_acc": 0.65, "gap_speaker_points": 5.0, "gap_phone_points": 35.0},
-                          "phones": {"speaker_id_acc": 0.285, "phone_acc": 0.7, "gap_speaker_points": 61.5, "gap_phone_points": 40.0}},
+        "content_views": {"phones": {"speaker_id_acc": 0.285, "phone_acc": 0.7, "gap_speaker_points": 61.5, "gap_phone_points": 40.0},
+                          "hidden": {"speaker_id_acc": 0.85, "phone_acc": 0.65, "gap_speaker_points": 5.0, "gap_phone_points": 35.0}},
         "content_views_dev": {"hidden": {"speaker_id_acc": 0.8, "phone_acc": 0.6, "gap_speaker_points": 10.0, "gap_phone_points": 30.0},
                               "phones": {"speaker_id_acc": 0.3, "phone_acc": 0.62, "gap_speaker_points": 60.0, "gap_phone_points": 32.0}}}
 
@@ -92,6 +92,7 @@ def test_by_k_confusion_ablation_and_tuning_tables():
     assert "pretrain" not in views  # no phonetic head, no content views
     assert _row(views, "+routing | hidden") == "| +routing | hidden (CTC head's last hidden layer) | 85.00 | 65.00 | +5.00 | +35.00 | 80.00 | 60.00 | +10.00 |"
     assert "| +routing | **phones (posteriorgram over phones, blank removed)** | 28.50 | 70.00 | +61.50 |" in views
+    assert views.index("| +routing | hidden") < views.index("| +routing | **phones")  # the choice's tie order
     assert "n/a (no stage" in content_views_table({"pretrain": {**ABIL, "content_views": {}}})
     ph = phonetic_stage_table({"best_step": 50, "config": {"codebook_size": 256}},
                               [{"step": 0, "per_ctc": 1.0, "per_vq": 1.0, "vq_perplexity": 3.25, "vq_usage": 0.1, "speaker_eer": 0.02},

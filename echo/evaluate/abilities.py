@@ -281,6 +281,28 @@ def _per(hyps: Mapping[str, list[str]], cache, references, bootstrap: BootstrapC
     return {"per": per, "ci_low": ci.low if ci else math.nan, "ci_high": ci.high if ci else math.nan}
 
 
+def _gaps(views: Views, config: AbilityConfig) -> tuple[np.ndarray, dict[str, dict]]:
+    """``(labelled-frame mask, factorisation_gap per content view)``: every probe run once; without
+    a CTC head the one content view is the latent, keyed ``latent``."""
+    v = views
+    keep = ~np.isin(v.frame_phones.astype(str), ["<unk>"])
+    fp, fs = v.frame_phones[keep].astype(str), v.frame_speakers[keep]
+    sliced: dict[int, np.ndarray] = {}  # one labelled-frame slice per array, so shared views stay shared
+
+    def frames(x):
+        return sliced.setdefault(id(x), x[keep])
+
+    content = v.content or {"latent": (v.latent_utts, v.latent_frames)}
+    return keep, factorisation_gap(v.speaker_utts, {n: (u, frames(f)) for n, (u, f) in content.items()}, v.utt_speakers,
+                                   frames(v.speaker_frames), fp, fs, config.probe)
+
+
+def _scores(gaps: Mapping[str, dict]) -> dict[str, dict[str, float]]:
+    return {n: {"speaker_id_acc": g["speaker_id"]["content_view"], "phone_acc": g["phone"]["content_view"],
+                "gap_speaker_points": g["speaker_id"]["gap_points"], "gap_phone_points": g["phone"]["gap_points"]}
+            for n, g in gaps.items()}
+
+
 def content_view_scores(views: Views, config: AbilityConfig = AbilityConfig()) -> dict[str, dict[str, float]]:
     """Both probes on every available content view (the speaker view as the other side of each gap).
 
@@ -288,19 +310,7 @@ def content_view_scores(views: Views, config: AbilityConfig = AbilityConfig()) -
         view name -> ``{"speaker_id_acc", "phone_acc", "gap_speaker_points", "gap_phone_points"}``
         (fractions and points, as in :func:`abilities_from_views`); ``{}`` without a CTC head.
     """
-    v, pc = views, config.probe
-    if not v.content:
-        return {}
-    keep = ~np.isin(v.frame_phones.astype(str), ["<unk>"])
-    fp, fs = v.frame_phones[keep].astype(str), v.frame_speakers[keep]
-    spk = speaker_id_accuracy(v.speaker_utts, v.utt_speakers, pc)
-    phone_of_speaker_view = phone_accuracy(v.speaker_frames[keep], fp, fs, pc)
-    out = {}
-    for name, (utts, frames) in v.content.items():
-        sid, ph = speaker_id_accuracy(utts, v.utt_speakers, pc), phone_accuracy(frames[keep], fp, fs, pc)
-        out[name] = {"speaker_id_acc": sid, "phone_acc": ph, "gap_speaker_points": 100.0 * (spk - sid),
-                     "gap_phone_points": 100.0 * (ph - phone_of_speaker_view)}
-    return out
+    return _scores(_gaps(views, config)[1]) if views.content else {}
 
 
 def choose_content_view(dev_scores: Mapping[str, Mapping[str, float]]) -> str:
@@ -331,20 +341,18 @@ def abilities_from_views(views: Views, config: AbilityConfig = AbilityConfig()) 
         The content-view keys are the headline view's (named by ``content_view``);
         ``content_views`` holds :func:`content_view_scores` of every available view.
     """
-    v = views
-    pc = config.probe
-    keep = ~np.isin(v.frame_phones.astype(str), ["<unk>"])
-    fp, fs = v.frame_phones[keep].astype(str), v.frame_speakers[keep]
-    gap = factorisation_gap(v.speaker_utts, v.content_utts, v.utt_speakers, v.speaker_frames[keep],
-                            v.content_frames[keep], fp, fs, pc)
-    same_spk = v.speaker_utts is v.latent_utts
-    same_cont = v.content_frames is v.latent_frames
+    v, pc = views, config.probe
+    keep, gaps = _gaps(v, config)
+    gap = gaps[v.content_view]  # "latent" without a CTC head
+    if not v.content:  # the content view is the latent: its probes are the latent's
+        latent_sid, latent_ph = gap["speaker_id"]["content_view"], gap["phone"]["content_view"]
+    else:
+        latent_sid = gap["speaker_id"]["speaker_view"] if v.speaker_utts is v.latent_utts else \
+            speaker_id_accuracy(v.latent_utts, v.utt_speakers, pc)
+        latent_ph = phone_accuracy(v.latent_frames[keep], v.frame_phones[keep].astype(str), v.frame_speakers[keep], pc)
     out = {
         "n_speakers": int(len(set(v.utt_speakers.tolist()))), "n_utterances": len(v.utt_ids), "n_frames": int(keep.sum()),
-        "latent_speaker_id_acc": gap["speaker_id"]["speaker_view"] if same_spk else
-        speaker_id_accuracy(v.latent_utts, v.utt_speakers, pc),
-        "latent_phone_acc": gap["phone"]["content_view"] if same_cont else
-        phone_accuracy(v.latent_frames[keep], fp, fs, pc),
+        "latent_speaker_id_acc": latent_sid, "latent_phone_acc": latent_ph,
         "speaker_id_acc_speaker_view": gap["speaker_id"]["speaker_view"],
         "speaker_id_acc_content_view": gap["speaker_id"]["content_view"],
         "gap_speaker_points": gap["speaker_id"]["gap_points"],
@@ -354,7 +362,7 @@ def abilities_from_views(views: Views, config: AbilityConfig = AbilityConfig()) 
     }
     out["factorisation_gap"] = out["gap_speaker_points"]
     out["content_view"] = v.content_view
-    out["content_views"] = content_view_scores(v, config)
+    out["content_views"] = _scores(gaps) if v.content else {}
     trials = build_trials(v.utt_ids, v.utt_speakers.astype(str), config.trials)
     scores = cosine_scores(v.speaker_utts, v.utt_ids, trials)
     out["eer"] = equal_error_rate(scores, trials["target"].to_numpy())[0]

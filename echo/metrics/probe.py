@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from sklearn.neighbors import KNeighborsClassifier
@@ -158,27 +158,36 @@ def phone_accuracy(frames: np.ndarray, phones: Sequence[str], frame_speakers: Se
 
 def factorisation_gap(
     speaker_view_utts: np.ndarray,
-    content_view_utts: np.ndarray,
+    content_views: Mapping[str, tuple[np.ndarray, np.ndarray]],
     utt_speakers: Sequence[str],
     speaker_view_frames: np.ndarray,
-    content_view_frames: np.ndarray,
     frame_phones: Sequence[str],
     frame_speakers: Sequence[str],
     config: ProbeConfig = ProbeConfig(),
-) -> dict:
-    """Both probes on both views, with the gaps in points.
+) -> dict[str, dict]:
+    """Both probes on the speaker view and on each content view, with the gaps in points.
+
+    Each probe runs once: the speaker view's once for all content views, and a content view given
+    as the very speaker-view array (a view falling back to the same representation) reuses it.
+
+    Args:
+        speaker_view_utts / speaker_view_frames: the speaker view.
+        content_views: name -> ``(utterance array, frame array)`` of each content view.
 
     Returns:
-        ``{"speaker_id": {"speaker_view", "content_view", "gap_points"},
+        name -> ``{"speaker_id": {"speaker_view", "content_view", "gap_points"},
         "phone": {"content_view", "speaker_view", "gap_points"}}``; accuracies are fractions,
         ``speaker_id.gap_points = 100 * (speaker_view - content_view)`` and
         ``phone.gap_points = 100 * (content_view - speaker_view)``.
     """
     sa = speaker_id_accuracy(speaker_view_utts, utt_speakers, config)
-    sb = speaker_id_accuracy(content_view_utts, utt_speakers, config)
     pa = phone_accuracy(speaker_view_frames, frame_phones, frame_speakers, config)
-    pb = phone_accuracy(content_view_frames, frame_phones, frame_speakers, config)
-    return {
-        "speaker_id": {"speaker_view": sa, "content_view": sb, "gap_points": 100.0 * (sa - sb)},
-        "phone": {"content_view": pb, "speaker_view": pa, "gap_points": 100.0 * (pb - pa)},
-    }
+    out = {}
+    for name, (utts, frames) in content_views.items():
+        sb = sa if utts is speaker_view_utts else speaker_id_accuracy(utts, utt_speakers, config)
+        pb = pa if frames is speaker_view_frames else phone_accuracy(frames, frame_phones, frame_speakers, config)
+        out[name] = {
+            "speaker_id": {"speaker_view": sa, "content_view": sb, "gap_points": 100.0 * (sa - sb)},
+            "phone": {"content_view": pb, "speaker_view": pa, "gap_points": 100.0 * (pb - pa)},
+        }
+    return out

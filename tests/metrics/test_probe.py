@@ -43,7 +43,10 @@ def test_split_is_per_speaker_and_deterministic():
 def test_gap_on_views_with_known_content():
     su, cu, us = _utterances()
     sf, cf, ph, fs = _frames()
-    out = factorisation_gap(su, cu, us, sf, cf, ph, fs, ProbeConfig())
+    both = factorisation_gap(su, {"content": (cu, cf), "speaker again": (su, sf)}, us, sf, ph, fs, ProbeConfig())
+    out = both["content"]
+    # a content view that is the speaker view itself has gap 0 (its probes are the speaker view's)
+    assert both["speaker again"]["speaker_id"]["gap_points"] == 0.0 and both["speaker again"]["phone"]["gap_points"] == 0.0
     assert out["speaker_id"]["speaker_view"] == 1.0
     assert out["speaker_id"]["content_view"] < 0.4  # chance is 1/12
     assert out["phone"]["content_view"] > 0.95

@@ -559,13 +559,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     if not _silent(wave, src, session.config):
         import torch
 
-        z = torch.from_numpy(session.latents(wave, src.path.name))[None].to(session.device)
-        (t,) = session.model.transcribe(z, vq=args.vq)
-        rows = list(zip(t.start_s, t.end_s, t.phones))
-        if decoder is not None:
-            with torch.no_grad():
-                out = getattr(session.model, head)(z)
-            words = decoder.decode(out.log_probs[0], getattr(session.model, head).output_frame_shift)
+        z = session.latents(wave, src.path.name)
+        (t,) = session.model.transcribe(torch.from_numpy(z)[None].to(session.device), vq=args.vq, words=decoder)
+        rows, words = list(zip(t.start_s, t.end_s, t.phones)), t.words
     if args.out is not None and Path(args.out).suffix.lower() == ".json":
         from echo.io import write_json
 

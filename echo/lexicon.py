@@ -40,8 +40,8 @@ _BOUNDARY = "|"
 
 class Word(NamedTuple):
     word: str
-    start_s: float  # start of the word's first phone
-    end_s: float  # end of the word's last phone
+    start_s: float  # onset of the word's first phone
+    end_s: float  # one output frame after the onset of the word's last phone
     phones: tuple[str, ...]  # the lexicon spelling the decoder chose
 
 

@@ -67,3 +67,19 @@ def test_lexicon_spells_with_espeak_and_keeps_what_the_inventory_can_emit():
     assert lex.dropped == ("echo",)  # ɛ k oʊ: ɛ and oʊ are not in the inventory
     with pytest.raises(EchoError, match="none of the 1 words"):
         Lexicon.from_words(["echo"], inv)
+
+
+def test_bundle_transcribe_gives_words_per_row_of_a_padded_batch():
+    from tests.helpers import D, tiny_diarizer
+
+    model = tiny_diarizer(phones=INV.phones).model
+    dec = WordDecoder(LEX, INV)
+    torch.manual_seed(0)
+    z = torch.randn(2, 30, D)
+    mask = torch.ones(2, 30, dtype=torch.bool)
+    mask[1, 20:] = False  # the second row is 20 tokens long
+    batch = model.transcribe(z, mask, words=dec)
+    alone = model.transcribe(z[1:, :20], words=dec)[0]
+    assert batch[1].words and batch[1].words == alone.words and batch[1].phones == alone.phones
+    assert all(w.end_s <= 20 * 0.04 + 1e-9 for w in batch[1].words)
+    assert model.transcribe(z, mask)[0].words == ()  # no decoder, no words

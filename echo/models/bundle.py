@@ -62,12 +62,14 @@ def component_file(name: str) -> str:
 
 
 class Transcript(NamedTuple):
-    """Greedy CTC transcription of one sequence: phone symbols and their times (seconds)."""
+    """Greedy CTC transcription of one sequence: phone symbols and their times (seconds), and the
+    words of a :class:`~echo.lexicon.WordDecoder` when one was given."""
 
     phones: list[str]
     ids: list[int]
     start_s: list[float]
     end_s: list[float]
+    words: list | tuple = ()  # echo.lexicon.Word items; empty without a word decoder
 
 
 class Routing(NamedTuple):
@@ -145,13 +147,15 @@ class EchoModel(nn.Module):
         return self._need("speaker")(latents, mask)
 
     @torch.no_grad()
-    def transcribe(self, latents: torch.Tensor, mask: torch.Tensor | None = None, vq: bool = False) -> list[Transcript]:
-        """Greedy CTC transcription with token times.
+    def transcribe(self, latents: torch.Tensor, mask: torch.Tensor | None = None, vq: bool = False,
+                   words=None) -> list[Transcript]:
+        """Greedy CTC transcription with token times, and words from the same posteriors.
 
         Args:
             latents: ``(B, T, D)``.
             mask: bool ``(B, T)`` (padding at the end), or None.
             vq: decode through the VQ bottleneck head instead of the continuous one.
+            words: an :class:`echo.lexicon.WordDecoder` built on this head's inventory, or None.
 
         Returns:
             One :class:`Transcript` per sequence.
@@ -159,7 +163,9 @@ class EchoModel(nn.Module):
         head: CTCHead = self._need("vq_ctc" if vq else "ctc")
         out = head(latents, mask)
         hyps = ctc_greedy_decode(out.log_probs, out.lengths, head.output_frame_shift)
-        return [Transcript(head.inventory.decode(h.ids), h.ids, h.start_s, h.end_s) for h in hyps]
+        return [Transcript(head.inventory.decode(h.ids), h.ids, h.start_s, h.end_s,
+                           words.decode(lp[:n], head.output_frame_shift) if words is not None else ())
+                for h, lp, n in zip(hyps, out.log_probs, out.lengths.tolist())]
 
     @torch.no_grad()
     def route(self, latents: torch.Tensor, mask: torch.Tensor | None = None, threshold: float = 0.5) -> Routing:

@@ -83,3 +83,8 @@ def test_bundle_transcribe_gives_words_per_row_of_a_padded_batch():
     assert batch[1].words and batch[1].words == alone.words and batch[1].phones == alone.phones
     assert all(w.end_s <= 20 * 0.04 + 1e-9 for w in batch[1].words)
     assert model.transcribe(z, mask)[0].words == ()  # no decoder, no words
+
+
+def test_lexicon_without_espeak_is_one_clear_error():
+    with pytest.raises(EchoError, match="espeak-ng is needed"):
+        Lexicon.from_words(["cab"], INV, backend="none")

@@ -238,5 +238,7 @@ def test_auto_content_view_is_chosen_on_dev_not_test(cache):
     for key, name in (("speaker_id_acc_content_view", "speaker_id_acc"), ("phone_acc_content_view", "phone_acc"),
                       ("gap_speaker_points", "gap_speaker_points")):
         assert out[key] == pytest.approx(out["content_views"]["hidden"][name])
+    with pytest.raises(EchoError, match="content view 'codes' is not available"):
+        test_views.with_content_view("codes")  # no VQ head here
     # a bare encoder has no content view to choose: the latent, no dev views needed
     assert measure_abilities(parts.encoder, cache, auto)["content_view"] == "latent"

@@ -60,7 +60,11 @@ SECTIONS: dict[str, str] = {
     "simulation.mixtures": "echo.simulate.mixtures:MixtureConfig",
     "simulation.sets": "echo.simulate.sets:SimulationSets",
     "simulation.augmentation": "echo.simulate.augment:AugmentConfig",
+    "seeds": "echo.evaluate.seeds:SeedsConfig",
 }
+# Rules between sections: "module:function" called as function(config of each listed section, source=...),
+# after every section has validated on its own; each raises a one-line ConfigError.
+CROSS: list[tuple[str, tuple[str, ...]]] = [("echo.evaluate.seeds:check_primary_seed", ("seeds", "stages.segmentation"))]
 # Keys a section's dataclass takes from elsewhere in params.yaml (one key chooses the corpus).
 INJECT: dict[str, dict[str, str]] = {"corpus.real": {"source": "corpus.source"}}
 REAL_SOURCES = ("voxceleb2", "voxceleb1", "librispeech")
@@ -226,6 +230,8 @@ def validate_raw(raw: dict, source: str = "params.yaml") -> dict:
     _check_tree(raw, source)
     for path in SECTIONS:
         load_section(raw, path, source)
+    for spec, paths in CROSS:
+        _resolve(spec)(*(load_section(raw, q, source) for q in paths), source=source)
     return raw
 
 

@@ -37,7 +37,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -382,12 +382,21 @@ class Diarizer:
 
         return self._prepare_blocks(blocks(), n, len(wave) / self.frontend.sample_rate, uri)
 
-    def prepare_latents(self, latents: np.ndarray, uri: str, duration: float | None = None) -> Prepared:
-        """:meth:`prepare` from precomputed ``(N, D)`` token latents (tests, cached encodings)."""
-        lat = np.asarray(latents, dtype=np.float32)
-        if len(lat) == 0:
+    def prepare_latents(self, latents: np.ndarray | Sequence[np.ndarray], uri: str,
+                        duration: float | None = None) -> Prepared:
+        """:meth:`prepare` from precomputed token latents (tests, encodings shared by several models).
+
+        Args:
+            latents: ``(N, D)`` latents, or the blocks :func:`~echo.inference.iter_latents` yields for
+                this diarizer's ``chunk_s`` / ``context_s``; given as those blocks, the result is the
+                one :meth:`prepare` computes, number for number (the segmentation batches are the same).
+            duration: seconds of audio (default: ``N`` tokens).
+        """
+        blocks = [np.asarray(b, dtype=np.float32) for b in ([latents] if isinstance(latents, np.ndarray) else latents)]
+        n = sum(len(b) for b in blocks)
+        if n == 0:
             raise EchoError(f"diarize {uri}: empty recording")
-        return self._prepare_blocks([lat], len(lat), len(lat) * self.token_s if duration is None else duration, uri)
+        return self._prepare_blocks(blocks, n, n * self.token_s if duration is None else duration, uri)
 
     @torch.inference_mode()
     def _prepare_blocks(self, blocks: Iterable[np.ndarray], n: int, duration: float, uri: str) -> Prepared:

@@ -21,7 +21,7 @@ from echo.metrics.bootstrap import mean_std
 
 __all__ = ["PAPER", "TARGETS", "markdown_table", "format_cell", "status", "main_table", "diarization_by_k_table",
            "separation_by_k_table", "waveform_separation_table", "confusion_table", "ablation_table", "content_views_table", "phonetic_stage_table", "tuning_table", "segmentation_table",
-           "separator_table"]
+           "separator_table", "seeds_table"]
 
 # The paper's published numbers (anchors.md), for the comparison column only.
 PAPER = {"der_blind": 15.00, "pit_accuracy": 97.80, "latent_si_sdr": 9.52, "factorisation_gap": 53.50}
@@ -136,26 +136,34 @@ def _note(res: Result) -> str:
     return f"mean ± std over {len(list(res))} training seeds (sample std)."
 
 
-def main_table(diarization: Result = None, separation: Result = None, abilities: Result = None) -> str:
+def main_table(diarization: Result = None, separation: Result = None, abilities: Result = None,
+               diarization_seeds: Sequence[Mapping[str, Any]] | None = None) -> str:
     """The headline table: this run next to the paper and the targets.
 
     Args:
         diarization: blind :func:`~echo.evaluate.diarize.evaluate_diarization` summary (or a list over seeds).
         separation: :func:`~echo.evaluate.separation.evaluate_routing` summary (or list).
         abilities: final-model :func:`~echo.evaluate.abilities.measure_abilities` dict (or list).
+        diarization_seeds: blind summaries of the same diarization chain trained with each seed of
+            ``seeds.diarization``, the published one first (:mod:`echo.evaluate.seeds`); with two or
+            more, a column gives the diarization rows' mean ± std across them beside the run's CI.
+            Targets are judged on the published run.
 
     Returns:
         A markdown section (heading, table, note).
     """
     D, S, A = diarization, separation, abilities
+    spread = list(diarization_seeds) if diarization_seeds is not None and len(diarization_seeds) > 1 else None
     rows: list[list[str]] = []
 
     def row(name, res, path, scale, unit, paper=None, target_key=None, ci=None, sign=False):
         target = TARGETS.get(target_key) if target_key else None
         p = _point(res, path)
-        rows.append([name, format_cell(res, path, scale, ci=ci, sign=sign),
-                     ("+" if sign else "") + f"{paper:.2f}" if paper is not None else "—",
-                     _target_text(target, unit), status(p * scale if p is not None else None, target)])
+        cells = [name, format_cell(res, path, scale, ci=ci, sign=sign)]
+        if spread is not None:
+            cells.append(format_cell(spread, path, scale, sign=sign) if res is D else "—")
+        rows.append(cells + [("+" if sign else "") + f"{paper:.2f}" if paper is not None else "—",
+                             _target_text(target, unit), status(p * scale if p is not None else None, target)])
 
     row("Blind DER, all K, primary (%)", D, "primary.der", 100, " %", PAPER["der_blind"], "der_all",
         ci="primary.der_ci")
@@ -198,11 +206,52 @@ def main_table(diarization: Result = None, separation: Result = None, abilities:
     row("PER, through VQ (%)", A, "per_vq", 100, " %", target_key="per_vq", ci="per_vq_ci_low|per_vq_ci_high")
     row("Speaker verification EER (%)", A, "eer", 100, " %")
     note = _note(next((r for r in (D, S, A) if r is not None), None))
+    header = ["metric", "this run"] + ([f"across {len(spread)} seeds"] if spread is not None else []) + [
+        "paper", "target", "status"]
+    if spread is not None:
+        note += (f" 'across {len(spread)} seeds': mean ± sample std of the diarization chain (segmentation stage, "
+                 "dev tuning, blind test DER) trained with each seed of `seeds.diarization` on this run's encoder "
+                 "(table 'Diarization across training seeds').")
     return "\n".join([
         "## Main results", "",
-        markdown_table(["metric", "this run", "paper", "target", "status"], rows), "",
+        markdown_table(header, rows), "",
         f"{note} Paper = the published Echo numbers; targets from the project issue. DER primary: "
         "collar 0, overlap scored; definitions in docs/metrics.md.", ""])
+
+
+def seeds_table(runs: Sequence[Mapping[str, Any]] | None,
+                title: str = "Diarization across training seeds (test conversations, blind)") -> str:
+    """One row per seed of the diarization chain and a mean ± std row.
+
+    Args:
+        runs: ``[{"seed", "published": bool, "segmentation": {"best_step", "dev": {"error"}}, "selected":
+            {"Fa", "Fb", "ahc_threshold"}, "dev_der", "blind": summary}, ...]``, the published run first.
+    """
+    if not runs:
+        return f"## {title}\n\nn/a (no seed runs)\n"
+    ks = _keys([r["blind"] for r in runs], "primary.by_k")
+    paths = [("primary.der", 100), *((f"primary.by_k.{k}.der", 100) for k in ks), ("primary.missed_rate", 100),
+             ("primary.false_alarm_rate", 100), ("primary.confusion_rate", 100), ("count.accuracy", 100)]
+    body = []
+    for r in runs:
+        sel, seg = r.get("selected") or {}, r.get("segmentation") or {}
+        body.append([f"{r['seed']}" + (" (published)" if r.get("published") else ""),
+                     str(seg.get("best_step", "n/a")), format_cell(seg, "dev.error", 100),
+                     " / ".join(f"{float(sel[k]):g}" if _finite(sel.get(k)) else "n/a" for k in ("Fa", "Fb", "ahc_threshold")),
+                     format_cell(r, "dev_der", 100),
+                     *(format_cell(r["blind"], p, sc) for p, sc in paths)])
+    if len(runs) > 1:
+        blind = [r["blind"] for r in runs]
+        body.append([f"mean ± std (n={len(runs)})", "", format_cell([r.get("segmentation") or {} for r in runs], "dev.error", 100),
+                     "", format_cell(list(runs), "dev_der", 100), *(format_cell(blind, p, sc) for p, sc in paths)])
+    header = ["seed", "seg. step", "dev local error (%)", "Fa / Fb / AHC thr.", "dev DER (%)", "test DER (%)",
+              *(f"K={k} (%)" for k in ks), "missed (%)", "false alarm (%)", "confusion (%)", "count acc. (%)"]
+    return "\n".join([
+        f"## {title}", "", markdown_table(header, body), "",
+        "Each seed trains the segmentation head (`stages.segmentation` with that seed), tunes the clustering on dev "
+        "with the same grid and rule, and diarizes the test conversations blind; the encoder, the other heads and the "
+        "PLDA are the published run's (the PLDA is fitted on reference single-speaker regions, which no segmentation "
+        "seed changes). std = sample standard deviation across seeds (ddof 1); with 3 seeds it is a rough figure.", ""])
 
 
 def _keys(res: Result, path: str) -> list[str]:

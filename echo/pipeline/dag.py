@@ -140,6 +140,12 @@ def nodes() -> list[Node]:
         params=("evaluation.bootstrap",), code=_code(*diar_code, "echo/evaluate/figures.py"),
         metrics=("results/diarization.json",), threads=2))
     out.append(Node(
+        "diarization_seeds", "evaluation", "diarization_seeds",
+        deps=("models/echo", "data/sim/conversations/train", "data/sim/conversations/dev", "data/sim/conversations/test"),
+        outs=(), params=("seeds", "stages.segmentation", "evaluation.diarizer", "evaluation.tune", "evaluation.bootstrap"),
+        code=_code("echo/evaluate/seeds.py", "echo/stages/segmentation.py", *diar_code),
+        metrics=("results/diarization_seeds.json",), threads=2))
+    out.append(Node(
         "separation", "evaluation", "separation",
         deps=("models/stages/separation", "models/stages/phonetic", "data/sim/mixtures/test", "models/pretrain"),
         outs=("results/figures/separation.png",), params=("evaluation.separation",),
@@ -149,7 +155,7 @@ def nodes() -> list[Node]:
     out.append(Node(
         "tables", "report", "tables",
         deps=("results/corpus_stats.json", "results/diarization_tuning.json", "results/diarization.json",
-              "results/separation.json")
+              "results/diarization_seeds.json", "results/separation.json")
         + tuple(f"results/abilities/{st}.json" for st in ("pretrain",) + tuple(STAGE_HEADS))
         + tuple(f"results/simulation/{k}_{s}.json" for k, ss in SIMULATED.items() for s in ss)
         + ("models/pretrain",) + tuple(f"models/stages/{st}" for st in (*STAGE_HEADS, "segmentation", "separation")),

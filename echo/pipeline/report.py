@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from echo.config import params_hash
+from echo.metrics.bootstrap import mean_std
 from echo.tracking import git_commit
 
 
@@ -93,7 +94,11 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
     sep = _load(results / "separation.json")
     abil = {st: _load(results / "abilities" / f"{st}.json") for st in ABLATION_ROWS}
     final = abil.get("routing")
-    parts = [sec.main_table(diar["blind"], sep, final),
+    tuning = _load(results / "diarization_tuning.json")
+    seg_dir = models.get("segmentation")
+    seed_runs = seed_rows(diar, tuning, _load(seg_dir / "summary.json") if seg_dir else None,
+                          _load(results / "diarization_seeds.json"))
+    parts = [sec.main_table(diar["blind"], sep, final, [r["blind"] for r in seed_runs] if seed_runs else None),
              "Figures: [DER by K](figures/der_by_k.png), [reference vs hypothesis timeline](figures/timeline.png), "
              "[shared latent by speaker and by phone](figures/latent_map.png), "
              "[separated spectrograms](figures/separation.png), "
@@ -103,7 +108,8 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
              sec.confusion_table(diar["blind"], "count", "Speaker-count confusion, test conversations (rows: true K)"),
              sec.separation_by_k_table(sep),
              sec.waveform_separation_table(sep),
-             sec.confusion_table(sep, "count", "Speaker-count confusion, test mixtures (rows: true K)")]
+             sec.confusion_table(sep, "count", "Speaker-count confusion, test mixtures (rows: true K)"),
+             sec.seeds_table(seed_runs)]
     if "pretrain" in models and (models["pretrain"] / "curves.parquet").exists():
         text, m = pretraining_section(models["pretrain"] / "curves.parquet", abil.get("pretrain"))
         parts.append(text)
@@ -118,7 +124,6 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
     ph_dev = ph_dir / "dev.parquet" if ph_dir else None
     parts.append(sec.phonetic_stage_table(_load(ph_dir / "summary.json") if ph_dir else None,
                                           pd.read_parquet(ph_dev).to_dict("records") if ph_dev and ph_dev.exists() else None))
-    seg_dir = models.get("segmentation")
     seg_dev = seg_dir / "dev.parquet" if seg_dir else None
     parts.append(sec.segmentation_table(_load(seg_dir / "summary.json") if seg_dir else None,
                                         pd.read_parquet(seg_dev).to_dict("records") if seg_dev and seg_dev.exists() else None))
@@ -126,7 +131,6 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
     sep_dev = sep_dir / "dev.parquet" if sep_dir else None
     parts.append(sec.separator_table(_load(sep_dir / "summary.json") if sep_dir else None,
                                      pd.read_parquet(sep_dev).to_dict("records") if sep_dev and sep_dev.exists() else None))
-    tuning = _load(results / "diarization_tuning.json")
     if tuning:
         parts.append(sec.tuning_table(tuning["grid"]))
     metrics = {
@@ -144,12 +148,31 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
         "false_alarm_blind": diar["blind"]["primary"].get("false_alarm_rate"),
         "confusion_blind": diar["blind"]["primary"].get("confusion_rate"),
         "der_exclusive": diar["blind"].get("exclusive", {}).get("der"),
+        "der_blind_seeds": {"seeds": [r["seed"] for r in seed_runs], "der": [r["blind"]["primary"]["der"] for r in seed_runs],
+                            **dict(zip(("mean", "std"), mean_std([r["blind"]["primary"]["der"] for r in seed_runs])))}
+        if len(seed_runs) > 1 else None,
         "pretrain": m,
         "abilities": {st: {k: v for k, v in (a or {}).items()
                            if isinstance(v, (int, float)) or k in ("content_view", "content_views", "content_views_dev")}
                       for st, a in abil.items()},
     }
     return parts, metrics
+
+
+def seed_rows(diar: dict, tuning: dict | None, segmentation: dict | None, seeds: dict | None) -> list[dict]:
+    """The diarization chain per training seed for :func:`~echo.evaluate.sections.seeds_table`: the
+    published run (``diarization.json``, its tuning and segmentation stage) first, then the
+    ``diarization_seeds`` node's runs; [] without that node's results."""
+    if not seeds:
+        return []
+    sel = (tuning or {}).get("selected") or {}
+    chosen = next((r for r in (tuning or {}).get("grid", []) if r.get("selected")), {})
+    published = {"seed": seeds["primary_seed"], "published": True, "blind": diar["blind"],
+                 "segmentation": {"best_step": (segmentation or {}).get("best_step"), "dev": (segmentation or {}).get("best")},
+                 "selected": {"Fa": sel.get("vbx", {}).get("Fa"), "Fb": sel.get("vbx", {}).get("Fb"),
+                              "ahc_threshold": sel.get("ahc", {}).get("threshold")},
+                 "dev_der": chosen.get("der")}
+    return [published, *seeds["runs"]]
 
 
 def pretraining_section(curves_path: Path, abil: dict | None) -> tuple[str, dict]:

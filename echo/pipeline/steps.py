@@ -381,6 +381,24 @@ def diarization(node, raw, run):
         run.log_metrics(_flat_numbers({"blind": summary, "oracle": oracle}))
 
 
+def diarization_seeds(node, raw, run):
+    """The diarization chain with the other seeds of ``seeds.diarization`` (segmentation head, dev tuning,
+    blind TEST DER) on the primary run's frozen encoder and PLDA: the spread the tables show."""
+    from echo.diarization.diarizer import Diarizer
+    from echo.evaluate.seeds import diarization_seed_runs
+    from echo.simulate.conversations import ConversationSet
+
+    diarizer = Diarizer.from_pretrained(node.deps[0])
+    out = diarization_seed_runs(
+        diarizer, load_section(raw, "seeds"), load_section(raw, "stages.segmentation"),
+        load_section(raw, "evaluation.diarizer"), load_section(raw, "evaluation.tune"),
+        load_section(raw, "evaluation.bootstrap"), *(ConversationSet(d) for d in node.deps[1:]), hook=NodeProgress())
+    write_json(node.metrics[0], out)
+    if run:
+        run.log_metrics({f"seed{r['seed']}_{k}": v for r in out["runs"]
+                         for k, v in _flat_numbers({"blind": r["blind"]}).items()})
+
+
 def separation(node, raw, run):
     """Routing and separation of the TEST mixtures: count and PIT accuracy, latent and waveform SI-SDR(i), by K."""
     from echo.evaluate.separation import evaluate_routing

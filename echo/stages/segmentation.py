@@ -37,7 +37,8 @@ from echo.io import write_json
 from echo.train.schedules import WarmupCosine
 from echo.train.trainer import fit_head, module_sha, write_rows
 
-__all__ = ["SegmentationStageConfig", "local_targets", "segmentation_errors", "train_segmentation_stage"]
+__all__ = ["SegmentationStageConfig", "SegmentationFit", "fit_segmentation_head", "local_targets", "segmentation_errors",
+           "train_segmentation_stage"]
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,59 @@ def _evaluate(head: SegmentationHead, dev, device) -> dict[str, float]:
             "confusion": tot["confusion"] / sp, "count_accuracy": tot["count_correct"] / max(tot["frames"], 1.0)}
 
 
+@dataclass(frozen=True)
+class SegmentationFit:
+    """What :func:`fit_segmentation_head` returns beside the head: the kept step and the curves."""
+
+    best_step: int
+    best: dict
+    curves: list
+    dev_rows: list
+    step_time_s: float
+    dev_chunks: int
+
+
+def fit_segmentation_head(cfg: SegmentationStageConfig, train_items: list, dev_items: list, token_s: float,
+                          d_model: int, log_metrics: Callable | None = None,
+                          device: torch.device | str = "cpu") -> tuple[SegmentationHead, SegmentationFit]:
+    """Train one segmentation head (seed ``cfg.seed``) on cached conversation latents and keep its best dev step.
+
+    The encoder is not in the loop, so several seeds can share one encoding pass
+    (:mod:`echo.evaluate.seeds`); the stage calls this once.
+
+    Args:
+        train_items / dev_items: ``[(latents (N, D), reference activity (N, K)), ...]`` per conversation,
+            encoded as the diarizer encodes (:func:`~echo.diarization.backend.conversation_latents`).
+        token_s: seconds per latent token; d_model: the latent width.
+    """
+    dev_t = torch.device(device)
+    length = max(1, round(cfg.chunk_s / token_s))
+    hcfg = dataclasses.replace(cfg.head, d_model=d_model)
+    torch.manual_seed(cfg.seed)
+    head = SegmentationHead(hcfg).to(dev_t)
+    chunks = _Chunks(train_items, length, hcfg.max_speakers)
+    dev = _dev_chunks(dev_items, length, max(1, round(cfg.dev_step_s / token_s)), hcfg.max_speakers)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = WarmupCosine(0.0, cfg.lr, cfg.lr * cfg.final_lr_ratio, cfg.warmup_steps, cfg.steps)
+    rng = np.random.default_rng(cfg.seed)
+
+    def loss_of_step(step: int) -> torch.Tensor:
+        x, y, m = (t.to(dev_t) for t in chunks.sample(rng, cfg.batch_size))
+        return powerset_pit_loss(head(x, m), y, head.powerset, m)
+
+    def evaluate(step: int) -> dict:
+        met = _evaluate(head, dev, dev_t)
+        log.info("segmentation stage (seed %d): step %d dev error %.4f (missed %.4f, FA %.4f, confusion %.4f), "
+                 "count acc %.4f", cfg.seed, step, met["error"], met["missed"], met["false_alarm"],
+                 met["confusion"], met["count_accuracy"])
+        return met
+
+    fit = fit_head(head, opt, sched, cfg.steps, cfg.grad_clip, loss_of_step, evaluate, eval_every=cfg.eval_every,
+                   log_every=cfg.log_every, where=cfg.SECTION, metric="error", higher_is_better=False,
+                   log_metrics=log_metrics)
+    return head, SegmentationFit(fit.best_step, fit.best, fit.curves, fit.dev_rows, fit.step_time_s, int(len(dev[0])))
+
+
 def train_segmentation_stage(cfg: SegmentationStageConfig, bundle_dir: str | Path, train_conversations,
                              dev_conversations, out_dir: str | Path, log_metrics: Callable | None = None,
                              device: str = "cpu", diarizer: DiarizerConfig = DiarizerConfig()) -> Path:
@@ -203,7 +257,6 @@ def train_segmentation_stage(cfg: SegmentationStageConfig, bundle_dir: str | Pat
         p.requires_grad_(False)
     sha0 = module_sha(enc)
     token_s = enc.cfg.patch_frames * model.frontend.hop_length / model.frontend.sample_rate
-    length = max(1, round(cfg.chunk_s / token_s))
     t0 = time.perf_counter()
     train_items = [(lat, act) for _, lat, act, _ in conversation_latents(enc, model.frontend, train_conversations, diarizer)]
     dev_items = [(lat, act) for _, lat, act, _ in conversation_latents(enc, model.frontend, dev_conversations, diarizer)]
@@ -212,28 +265,7 @@ def train_segmentation_stage(cfg: SegmentationStageConfig, bundle_dir: str | Pat
     encode_s = time.perf_counter() - t0
     log.info("segmentation stage: encoded %d train / %d dev conversations in %.0f s", len(train_items),
              len(dev_items), encode_s)
-    hcfg = dataclasses.replace(cfg.head, d_model=enc.cfg.dim)
-    torch.manual_seed(cfg.seed)
-    head = SegmentationHead(hcfg).to(dev_t)
-    chunks = _Chunks(train_items, length, hcfg.max_speakers)
-    dev = _dev_chunks(dev_items, length, max(1, round(cfg.dev_step_s / token_s)), hcfg.max_speakers)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = WarmupCosine(0.0, cfg.lr, cfg.lr * cfg.final_lr_ratio, cfg.warmup_steps, cfg.steps)
-    rng = np.random.default_rng(cfg.seed)
-
-    def loss_of_step(step: int) -> torch.Tensor:
-        x, y, m = (t.to(dev_t) for t in chunks.sample(rng, cfg.batch_size))
-        return powerset_pit_loss(head(x, m), y, head.powerset, m)
-
-    def evaluate(step: int) -> dict:
-        met = _evaluate(head, dev, dev_t)
-        log.info("segmentation stage: step %d dev error %.4f (missed %.4f, FA %.4f, confusion %.4f), count acc %.4f",
-                 step, met["error"], met["missed"], met["false_alarm"], met["confusion"], met["count_accuracy"])
-        return met
-
-    fit = fit_head(head, opt, sched, cfg.steps, cfg.grad_clip, loss_of_step, evaluate, eval_every=cfg.eval_every,
-                   log_every=cfg.log_every, where=cfg.SECTION, metric="error", higher_is_better=False,
-                   log_metrics=log_metrics)
+    head, fit = fit_segmentation_head(cfg, train_items, dev_items, token_s, enc.cfg.dim, log_metrics, dev_t)
     if module_sha(enc) != sha0:  # the stage must not touch the shared latent
         raise EchoError("segmentation stage: the encoder changed during training")
     meta = dict(model.meta)
@@ -252,6 +284,6 @@ def train_segmentation_stage(cfg: SegmentationStageConfig, bundle_dir: str | Pat
         "selection": {"metric": "error", "higher_is_better": False}, "best_step": fit.best_step, "best": fit.best,
         "final": fit.dev_rows[-1] if fit.dev_rows else None, "step_time_s": fit.step_time_s,
         "encode_s": encode_s, "train_chunks_per_step": cfg.batch_size, "device": dev_t.type,
-        "train_conversations": len(train_items), "dev_chunks": int(len(dev[0])),
+        "train_conversations": len(train_items), "dev_chunks": fit.dev_chunks,
     })
     return out_dir / "bundle"

@@ -128,6 +128,22 @@ def test_prepare_from_audio_is_the_same_through_a_block_reader(setup):
     assert calls[-1] == (4, 4)  # 901 frames = 226 tokens in blocks of 75
 
 
+def test_prepare_latents_from_the_encoders_blocks_equals_prepare(setup):
+    """Cached encodings (several segmentation heads on one encoding pass, echo.evaluate.seeds) give
+    prepare's numbers exactly when handed as the blocks iter_latents yields."""
+    p, plda = setup
+    d = Diarizer(p, plda, dataclasses.replace(CFG, chunk_s=3.0, context_s=1.0))
+    wave = (0.1 * np.random.default_rng(2).standard_normal(16000 * 9)).astype(np.float32)
+    blocks = [lat for _, lat in iter_latents(p.encoder, d.frontend, wave, round(3.0 / d.token_s), round(1.0 / d.token_s))]
+    assert len(blocks) > 1
+    a, b = d.prepare(wave, "w"), d.prepare_latents(blocks, "w", len(wave) / 16000)
+    for field in ("starts", "activity", "hard", "embeddings", "valid", "clean"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+    assert (a.n_tokens, a.duration) == (b.n_tokens, b.duration)
+    with pytest.raises(EchoError, match="empty recording"):
+        d.prepare_latents([], "w")
+
+
 def test_input_forms_and_errors(setup):
     d = _diarizer(setup)
     wave = (0.1 * np.random.default_rng(2).standard_normal(32000)).astype(np.float32)

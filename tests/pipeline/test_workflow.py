@@ -147,3 +147,30 @@ def test_rerun_gives_identical_weights_and_metrics(project, tmp_path):
 
     m = "results/abilities/pretrain.json"
     assert untimed(d / m) == untimed(project / m)
+
+
+def test_seed_runs_reproduce_the_published_chain(project, tmp_path):
+    """Issue 13: the seed-runs node's cached path (one encoding pass, heads trained on cached latents,
+    cached blocks in the diarizer) gives, for the published seed, exactly the numbers of the real chain
+    (stage_segmentation -> backend -> diarization). The published seed is swapped into the extra list."""
+    import shutil
+
+    built = json.loads((project / "results/diarization_seeds.json").read_text())
+    assert built["primary_seed"] == 0 and [r["seed"] for r in built["runs"]] == [1]
+    assert "across 2 seeds" in (project / "results/tables.md").read_text()
+    d = copy_project(tmp_path)
+    for sub in ("data", "models"):
+        shutil.copytree(project / sub, d / sub)
+    params = yaml.safe_load((d / "params.yaml").read_text())
+    params["stages"]["segmentation"]["seed"] = 1
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _sh([sys.executable, "-m", "echo.pipeline", "run", "diarization_seeds", "--no-mlflow"], d)
+    (run,) = json.loads((d / "results/diarization_seeds.json").read_text())["runs"]
+    assert run["seed"] == 0
+    published = json.loads((project / "results/diarization.json").read_text())["blind"]
+    tuning = json.loads((project / "results/diarization_tuning.json").read_text())
+    chosen = next(r for r in tuning["grid"] if r["selected"])
+    assert run["dev_der"] == chosen["der"]
+    assert run["selected"]["ahc_threshold"] == chosen["ahc_threshold"]
+    for key in ("primary", "secondary", "count"):
+        assert run["blind"][key] == published[key], key

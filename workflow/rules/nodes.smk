@@ -481,6 +481,26 @@ rule diarization:
 
 
 # stage: evaluation
+rule diarization_seeds:
+    input:
+        data=["models/echo", "data/sim/conversations/train", "data/sim/conversations/dev", "data/sim/conversations/test"],
+        code=["echo/pipeline/steps.py", "echo/evaluate/seeds.py", "echo/stages/segmentation.py", "echo/evaluate/diarize.py", "echo/diarization/diarizer.py", "echo/diarization/backend.py", "echo/diarization/plda.py", "echo/diarization/ahc.py", "echo/diarization/vbx.py", "echo/heads/segmentation.py", "echo/metrics/der.py"],
+    output:
+        metrics=["results/diarization_seeds.json"],
+    params:
+        slice=params_slice(config, ["seeds", "stages.segmentation", "evaluation.diarizer", "evaluation.tune", "evaluation.bootstrap"]),
+    log:
+        "logs/diarization_seeds.log",
+    benchmark:
+        "logs/benchmarks/diarization_seeds.tsv"
+    threads: 2
+    resources:
+        gpu=0,
+    shell:
+        "python -m echo.pipeline run diarization_seeds > {log} 2>&1"
+
+
+# stage: evaluation
 rule separation:
     input:
         data=["models/stages/separation", "models/stages/phonetic", "data/sim/mixtures/test", "models/pretrain"],
@@ -504,7 +524,7 @@ rule separation:
 # stage: report
 rule tables:
     input:
-        data=["results/corpus_stats.json", "results/diarization_tuning.json", "results/diarization.json", "results/separation.json", "results/abilities/pretrain.json", "results/abilities/speaker.json", "results/abilities/phonetic.json", "results/abilities/routing.json", "results/simulation/conversations_train.json", "results/simulation/conversations_dev.json", "results/simulation/conversations_test.json", "results/simulation/mixtures_train.json", "results/simulation/mixtures_dev.json", "results/simulation/mixtures_test.json", "models/pretrain", "models/stages/speaker", "models/stages/phonetic", "models/stages/routing", "models/stages/segmentation", "models/stages/separation"],
+        data=["results/corpus_stats.json", "results/diarization_tuning.json", "results/diarization.json", "results/diarization_seeds.json", "results/separation.json", "results/abilities/pretrain.json", "results/abilities/speaker.json", "results/abilities/phonetic.json", "results/abilities/routing.json", "results/simulation/conversations_train.json", "results/simulation/conversations_dev.json", "results/simulation/conversations_test.json", "results/simulation/mixtures_train.json", "results/simulation/mixtures_dev.json", "results/simulation/mixtures_test.json", "models/pretrain", "models/stages/speaker", "models/stages/phonetic", "models/stages/routing", "models/stages/segmentation", "models/stages/separation"],
         code=["echo/pipeline/steps.py", "echo/pipeline/report.py"],
     output:
         "results/tables.md",

@@ -42,6 +42,7 @@ TINY = {
     "evaluation.tune": dict(Fa=[0.3], Fb=[5.0, 17.0], loopP=[0.0], ahc_threshold=[0.3, 0.5]),
     "evaluation.separation.bootstrap": dict(n_boot=100),
     "evaluation.bootstrap": dict(n_boot=100),
+    "seeds": dict(diarization=[0, 1]),  # one extra seed: the seed-runs node's whole path, cheaply
 }
 
 

@@ -105,7 +105,7 @@ def nodes() -> list[Node]:
     out.append(Node(
         "stage_segmentation", "stages", "segmentation_stage",
         deps=("models/stages/routing", "data/sim/conversations/train", "data/sim/conversations/dev"),
-        outs=("models/stages/segmentation",), params=("stages.segmentation", "evaluation.diarizer"),
+        outs=("models/stages/segmentation",), params=("stages.segmentation", "evaluation.diarizer", "seeds"),
         code=_code("echo/stages/segmentation.py", "echo/heads/segmentation.py", "echo/diarization/backend.py",
                    "echo/diarization/diarizer.py", "echo/models/bundle.py"),
         wildcards=(("stage", "segmentation"),), gpu=1, threads=2, dirs=frozenset({"models/stages/segmentation"})))
@@ -141,8 +141,8 @@ def nodes() -> list[Node]:
         metrics=("results/diarization.json",), threads=2))
     out.append(Node(
         "diarization_seeds", "evaluation", "diarization_seeds",
-        deps=("models/echo", "data/sim/conversations/train", "data/sim/conversations/dev", "data/sim/conversations/test"),
-        outs=(), params=("seeds", "stages.segmentation", "evaluation.diarizer", "evaluation.tune", "evaluation.bootstrap"),
+        deps=("models/echo", "models/stages/segmentation", "data/sim/conversations/dev", "data/sim/conversations/test"),
+        outs=(), params=("evaluation.diarizer", "evaluation.tune", "evaluation.bootstrap"),
         code=_code("echo/evaluate/seeds.py", "echo/stages/segmentation.py", *diar_code),
         metrics=("results/diarization_seeds.json",), threads=2))
     out.append(Node(

@@ -316,8 +316,9 @@ def segmentation_stage(node, raw, run):
     logger = (lambda m, step: run.log_metrics(m, step)) if run else None
     train_segmentation_stage(cfg, Path(node.deps[0]) / "bundle", ConversationSet(node.deps[1]),
                              ConversationSet(node.deps[2]), work, logger, _device(),
-                             diarizer=load_section(raw, "evaluation.diarizer"))
-    _copy_outputs(work, node.outs[0], STAGE_OUTPUTS)
+                             diarizer=load_section(raw, "evaluation.diarizer"),
+                             extra_seeds=load_section(raw, "seeds").diarization)
+    _copy_outputs(work, node.outs[0], STAGE_OUTPUTS + ("seeds",))
     return {"artifacts": {"summary": work / "summary.json"}}
 
 
@@ -382,17 +383,16 @@ def diarization(node, raw, run):
 
 
 def diarization_seeds(node, raw, run):
-    """The diarization chain with the other seeds of ``seeds.diarization`` (segmentation head, dev tuning,
-    blind TEST DER) on the primary run's frozen encoder and PLDA: the spread the tables show."""
+    """The diarization chain with the other seeds of ``seeds.diarization`` (their segmentation heads, trained
+    by the segmentation stage; dev tuning; blind TEST DER) on the published run's frozen encoder and PLDA."""
     from echo.diarization.diarizer import Diarizer
     from echo.evaluate.seeds import diarization_seed_runs
     from echo.simulate.conversations import ConversationSet
 
-    diarizer = Diarizer.from_pretrained(node.deps[0])
     out = diarization_seed_runs(
-        diarizer, load_section(raw, "seeds"), load_section(raw, "stages.segmentation"),
-        load_section(raw, "evaluation.diarizer"), load_section(raw, "evaluation.tune"),
-        load_section(raw, "evaluation.bootstrap"), *(ConversationSet(d) for d in node.deps[1:]), hook=NodeProgress())
+        Diarizer.from_pretrained(node.deps[0]), Path(node.deps[1]), load_section(raw, "evaluation.diarizer"),
+        load_section(raw, "evaluation.tune"), load_section(raw, "evaluation.bootstrap"),
+        *(ConversationSet(d) for d in node.deps[2:]), hook=NodeProgress())
     write_json(node.metrics[0], out)
     if run:
         run.log_metrics({f"seed{r['seed']}_{k}": v for r in out["runs"]

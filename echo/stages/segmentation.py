@@ -23,7 +23,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -231,9 +231,14 @@ def fit_segmentation_head(cfg: SegmentationStageConfig, train_items: list, dev_i
 
 def train_segmentation_stage(cfg: SegmentationStageConfig, bundle_dir: str | Path, train_conversations,
                              dev_conversations, out_dir: str | Path, log_metrics: Callable | None = None,
-                             device: str = "cpu", diarizer: DiarizerConfig = DiarizerConfig()) -> Path:
+                             device: str = "cpu", diarizer: DiarizerConfig = DiarizerConfig(),
+                             extra_seeds: Sequence[int] = ()) -> Path:
     """Train the segmentation head on the frozen final encoder; write ``bundle/`` (the input bundle
     plus the head, stage ``segmentation``), ``curves.parquet``, ``dev.parquet``, ``summary.json``.
+
+    ``extra_seeds``: the same recipe with other seeds (params ``seeds.diarization``), trained on the
+    same encoded conversations (encoding is most of this stage's time) and written as
+    ``seeds/seed<N>.pt`` for :mod:`echo.evaluate.seeds`; the bundle holds the head of ``cfg.seed``.
 
     Raises:
         ConfigError: ``chunk_s`` differs from the diarizer's ``segment_s``.
@@ -266,6 +271,13 @@ def train_segmentation_stage(cfg: SegmentationStageConfig, bundle_dir: str | Pat
     log.info("segmentation stage: encoded %d train / %d dev conversations in %.0f s", len(train_items),
              len(dev_items), encode_s)
     head, fit = fit_segmentation_head(cfg, train_items, dev_items, token_s, enc.cfg.dim, log_metrics, dev_t)
+    replicas = []
+    for seed in (s for s in extra_seeds if s != cfg.seed):
+        other, ofit = fit_segmentation_head(dataclasses.replace(cfg, seed=seed), train_items, dev_items, token_s,
+                                            enc.cfg.dim, None, dev_t)
+        (out_dir / "seeds").mkdir(exist_ok=True)
+        other.cpu().save(out_dir / "seeds" / f"seed{seed}.pt")
+        replicas.append({"seed": seed, "best_step": ofit.best_step, "best": ofit.best})
     if module_sha(enc) != sha0:  # the stage must not touch the shared latent
         raise EchoError("segmentation stage: the encoder changed during training")
     meta = dict(model.meta)
@@ -284,6 +296,6 @@ def train_segmentation_stage(cfg: SegmentationStageConfig, bundle_dir: str | Pat
         "selection": {"metric": "error", "higher_is_better": False}, "best_step": fit.best_step, "best": fit.best,
         "final": fit.dev_rows[-1] if fit.dev_rows else None, "step_time_s": fit.step_time_s,
         "encode_s": encode_s, "train_chunks_per_step": cfg.batch_size, "device": dev_t.type,
-        "train_conversations": len(train_items), "dev_chunks": fit.dev_chunks,
+        "train_conversations": len(train_items), "dev_chunks": fit.dev_chunks, "seeds": replicas,
     })
     return out_dir / "bundle"

@@ -323,7 +323,7 @@ rule stage_segmentation:
     output:
         directory("models/stages/segmentation"),
     params:
-        slice=params_slice(config, ["stages.segmentation", "evaluation.diarizer"]),
+        slice=params_slice(config, ["stages.segmentation", "evaluation.diarizer", "seeds"]),
     log:
         "logs/stage_segmentation.log",
     benchmark:
@@ -483,12 +483,12 @@ rule diarization:
 # stage: evaluation
 rule diarization_seeds:
     input:
-        data=["models/echo", "data/sim/conversations/train", "data/sim/conversations/dev", "data/sim/conversations/test"],
+        data=["models/echo", "models/stages/segmentation", "data/sim/conversations/dev", "data/sim/conversations/test"],
         code=["echo/pipeline/steps.py", "echo/evaluate/seeds.py", "echo/stages/segmentation.py", "echo/evaluate/diarize.py", "echo/diarization/diarizer.py", "echo/diarization/backend.py", "echo/diarization/plda.py", "echo/diarization/ahc.py", "echo/diarization/vbx.py", "echo/heads/segmentation.py", "echo/metrics/der.py"],
     output:
         metrics=["results/diarization_seeds.json"],
     params:
-        slice=params_slice(config, ["seeds", "stages.segmentation", "evaluation.diarizer", "evaluation.tune", "evaluation.bootstrap"]),
+        slice=params_slice(config, ["evaluation.diarizer", "evaluation.tune", "evaluation.bootstrap"]),
     log:
         "logs/diarization_seeds.log",
     benchmark:

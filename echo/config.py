@@ -64,7 +64,10 @@ SECTIONS: dict[str, str] = {
 }
 # Rules between sections: "module:function" called as function(config of each listed section, source=...),
 # after every section has validated on its own; each raises a one-line ConfigError.
-CROSS: list[tuple[str, tuple[str, ...]]] = [("echo.evaluate.seeds:check_primary_seed", ("seeds", "stages.segmentation"))]
+CROSS: list[tuple[str, tuple[str, ...]]] = [
+    ("echo.stages.segmentation:check_chunk_matches_diarizer", ("stages.segmentation", "evaluation.diarizer")),
+    ("echo.evaluate.seeds:check_primary_seed", ("seeds", "stages.segmentation")),
+]
 # Keys a section's dataclass takes from elsewhere in params.yaml (one key chooses the corpus).
 INJECT: dict[str, dict[str, str]] = {"corpus.real": {"source": "corpus.source"}}
 REAL_SOURCES = ("voxceleb2", "voxceleb1", "librispeech")

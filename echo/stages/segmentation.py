@@ -37,7 +37,7 @@ from echo.io import write_json
 from echo.train.schedules import WarmupCosine
 from echo.train.trainer import fit_head, module_sha, write_rows
 
-__all__ = ["SegmentationStageConfig", "SegmentationFit", "fit_segmentation_head", "local_targets", "segmentation_errors",
+__all__ = ["SegmentationStageConfig", "SegmentationFit", "check_chunk_matches_diarizer", "fit_segmentation_head", "local_targets", "segmentation_errors",
            "train_segmentation_stage"]
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,20 @@ class SegmentationStageConfig:
         check_fields(self)
         need(self, self.warmup_steps <= self.steps, "warmup_steps", f"an integer in [0, steps={self.steps}]",
              self.warmup_steps)
+
+
+def check_chunk_matches_diarizer(stage: SegmentationStageConfig, diarizer: DiarizerConfig,
+                                 source: str = "params.yaml") -> None:
+    """The head is trained on chunks of ``stages.segmentation.chunk_s`` and applied by the diarizer on
+    chunks of ``evaluation.diarizer.segment_s``: the two must be equal. Checked with the params
+    (``echo.config.CROSS``), before any job runs.
+
+    Raises:
+        ConfigError: one line naming both keys.
+    """
+    if abs(stage.chunk_s - diarizer.segment_s) > 1e-9:
+        raise ConfigError(f"{source}: stages.segmentation.chunk_s: expected evaluation.diarizer.segment_s "
+                          f"({diarizer.segment_s}), got {stage.chunk_s}")
 
 
 def local_targets(activity: np.ndarray, max_speakers: int) -> np.ndarray:
@@ -246,9 +260,7 @@ def train_segmentation_stage(cfg: SegmentationStageConfig, bundle_dir: str | Pat
     """
     from echo.models.bundle import EchoModel
 
-    if abs(cfg.chunk_s - diarizer.segment_s) > 1e-9:
-        raise ConfigError(f"stages.segmentation.chunk_s: expected evaluation.diarizer.segment_s "
-                          f"({diarizer.segment_s}), got {cfg.chunk_s}")
+    check_chunk_matches_diarizer(cfg, diarizer, "segmentation stage")
     for sset, want in ((train_conversations, "train"), (dev_conversations, "dev")):
         got = conversation_split(sset)
         if got is not None and got != want:

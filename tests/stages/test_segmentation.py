@@ -37,3 +37,14 @@ def test_config_errors():
         SegmentationStageConfig(steps=10, warmup_steps=20)
     with pytest.raises(ConfigError, match="chunk_s"):
         SegmentationStageConfig(chunk_s=float("inf"))
+
+
+def test_chunk_length_must_match_the_diarizers_segments_before_any_job():
+    from echo.config import load_raw, validate_raw
+
+    raw = load_raw("params.yaml")
+    raw["stages"]["segmentation"]["chunk_s"] = 2.0
+    with pytest.raises(ConfigError) as e:
+        validate_raw(raw)
+    assert str(e.value) == ("params.yaml: stages.segmentation.chunk_s: expected evaluation.diarizer.segment_s (1.5), "
+                            "got 2.0")

@@ -37,7 +37,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -365,31 +365,34 @@ class Diarizer:
             return audio, uri or "audio"
         return np.asarray(audio, dtype=np.float32).ravel(), uri or "audio"
 
+    def latent_blocks(self, wave, hook: Hook | None = None) -> Iterator[np.ndarray]:
+        """The recording's token latents, block by block, as :meth:`prepare` encodes them
+        (:func:`~echo.inference.iter_latents` with this diarizer's ``chunk_s`` and ``context_s``);
+        ``hook("diarize", completed=blocks done, total=blocks)`` after each block."""
+        n = token_count(self.parts.encoder, self.frontend, len(wave))
+        cfg = self.config
+        chunk_tok, ctx_tok = round(cfg.chunk_s / self.token_s), round(cfg.context_s / self.token_s)
+        total = -(-n // max(1, chunk_tok))
+        for i, (_, lat) in enumerate(iter_latents(self.parts.encoder, self.frontend, wave, chunk_tok, ctx_tok)):
+            yield lat
+            if hook is not None:
+                hook("diarize", completed=i + 1, total=total)
+
     def prepare(self, wave, uri: str, hook: Hook | None = None) -> Prepared:
         """Encode, segment and embed (the costly part that no clustering setting changes)."""
         if len(wave) == 0:
             raise EchoError(f"diarize {uri}: empty recording")
         n = token_count(self.parts.encoder, self.frontend, len(wave))
-        cfg = self.config
-        chunk_tok, ctx_tok = round(cfg.chunk_s / self.token_s), round(cfg.context_s / self.token_s)
-        total = -(-n // max(1, chunk_tok))
-
-        def blocks():
-            for i, (_, lat) in enumerate(iter_latents(self.parts.encoder, self.frontend, wave, chunk_tok, ctx_tok)):
-                yield lat
-                if hook is not None:
-                    hook("diarize", completed=i + 1, total=total)
-
-        return self._prepare_blocks(blocks(), n, len(wave) / self.frontend.sample_rate, uri)
+        return self._prepare_blocks(self.latent_blocks(wave, hook), n, len(wave) / self.frontend.sample_rate, uri)
 
     def prepare_latents(self, latents: np.ndarray | Sequence[np.ndarray], uri: str,
                         duration: float | None = None) -> Prepared:
         """:meth:`prepare` from precomputed token latents (tests, encodings shared by several models).
 
         Args:
-            latents: ``(N, D)`` latents, or the blocks :func:`~echo.inference.iter_latents` yields for
-                this diarizer's ``chunk_s`` / ``context_s``; given as those blocks, the result is the
-                one :meth:`prepare` computes, number for number (the segmentation batches are the same).
+            latents: ``(N, D)`` latents, or the blocks :meth:`latent_blocks` yields; given as those
+                blocks, the result is the one :meth:`prepare` computes, number for number (the
+                segmentation batches are the same).
             duration: seconds of audio (default: ``N`` tokens).
         """
         blocks = [np.asarray(b, dtype=np.float32) for b in ([latents] if isinstance(latents, np.ndarray) else latents)]

@@ -5,8 +5,8 @@ move when the same recipe is trained again with another seed. This module measur
 part of the DAG that produces the diarization numbers and fits the default run's time budget:
 
 - the encoder and every head before the segmentation stage (pretraining, speaker, phonetic and
-  routing stages) are the primary run's, frozen: three seeds of those stages take about three times
-  the default run's 40 minutes on 2 cores, so they are not varied here;
+  routing stages) are the primary run's, frozen: two more seeds of the stages would add about 45
+  minutes to the default run's 40 on 2 cores, so they are not varied here;
 - per seed in ``seeds.diarization`` other than ``stages.segmentation.seed`` (the published model's,
   whose numbers are ``results/diarization.json``): the segmentation stage trains a head with that seed
   beside the published one, on the same encoded conversations
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from echo.config import check_fields, need, rule
+from echo.diarization.diarizer import Diarizer
 from echo.errors import ConfigError, EchoError
 
 __all__ = ["SeedsConfig", "check_primary_seed", "diarization_seed_runs"]
@@ -71,28 +72,25 @@ def check_primary_seed(seeds: SeedsConfig, stage, source: str = "params.yaml") -
 
 def _encode(diarizer, conversations, hook: Callable | None, what: str) -> dict:
     """rec_id -> the blocks of latents the diarizer's ``prepare`` encodes for that conversation."""
-    from echo.inference import iter_latents
-
-    cfg, enc = diarizer.config, diarizer.parts.encoder
-    chunk_tok, ctx_tok = round(cfg.chunk_s / diarizer.token_s), round(cfg.context_s / diarizer.token_s)
     out = {}
     for i in range(len(conversations)):
         it = conversations[i]
-        out[it.rec_id] = [lat for _, lat in iter_latents(enc, diarizer.frontend, it.audio, chunk_tok, ctx_tok)]
+        out[it.rec_id] = list(diarizer.latent_blocks(it.audio))
         if hook is not None:
             hook(f"encode {what} conversations", completed=i + 1, total=len(conversations))
     return out
 
 
-def _cached_diarizer(model, plda, config, cache: dict):
-    """A :class:`~echo.diarization.diarizer.Diarizer` whose ``prepare`` reads the cached blocks."""
-    from echo.diarization.diarizer import Diarizer
+class _CachedDiarizer(Diarizer):
+    """A :class:`~echo.diarization.diarizer.Diarizer` whose ``prepare`` reads the recording's cached
+    :meth:`~echo.diarization.diarizer.Diarizer.latent_blocks` (rec_id -> blocks) instead of encoding."""
 
-    class CachedDiarizer(Diarizer):
-        def prepare(self, wave, uri, hook=None):
-            return self.prepare_latents(cache[uri], uri, len(wave) / self.frontend.sample_rate)
+    def __init__(self, model, plda, config, cache: dict):
+        super().__init__(model, plda, config)
+        self.cache = cache
 
-    return CachedDiarizer(model, plda, config)
+    def prepare(self, wave, uri, hook=None):
+        return self.prepare_latents(self.cache[uri], uri, len(wave) / self.frontend.sample_rate)
 
 
 def diarization_seed_runs(diarizer, segmentation_dir, base, tune, bootstrap, dev, test,
@@ -141,9 +139,10 @@ def diarization_seed_runs(diarizer, segmentation_dir, base, tune, bootstrap, dev
         return out
     model = diarizer.model
     # the blocks the diarizer encodes with the settings tuning starts from (chunk_s and context_s are never tuned)
+    encoder = Diarizer(model, diarizer.plda, base)
     cache = {}
     for sset, what in ((dev, "dev"), (test, "test")):
-        cache.update(_encode(_cached_diarizer(model, diarizer.plda, base, {}), sset, hook, what))
+        cache.update(_encode(encoder, sset, hook, what))
     out["encode_s"] = time.perf_counter() - t0
     log.info("seed runs: encoded %d conversations once for seeds %s in %.0f s", len(cache),
              [r["seed"] for r in extra], out["encode_s"])
@@ -154,8 +153,8 @@ def diarization_seed_runs(diarizer, segmentation_dir, base, tune, bootstrap, dev
         seeded = EchoModel(model.encoder, model.frontend, model.stage, speaker=model.speaker, arcface=model.arcface,
                            ctc=model.ctc, vq_ctc=model.vq_ctc, router=model.router,
                            segmentation=SegmentationHead.load(path), meta=model.meta)
-        best, rows = tune_on_dev(_cached_diarizer(seeded, diarizer.plda, base, cache), dev, tune)
-        ((blind, _),) = evaluate_conditions(_cached_diarizer(seeded, diarizer.plda, best, cache), test, (False,),
+        best, rows = tune_on_dev(_CachedDiarizer(seeded, diarizer.plda, base, cache), dev, tune)
+        ((blind, _),) = evaluate_conditions(_CachedDiarizer(seeded, diarizer.plda, best, cache), test, (False,),
                                             bootstrap=bootstrap)
         sel = next(r for r in rows if r["selected"])
         out["runs"].append({"seed": rep["seed"], "segmentation": {"best_step": rep["best_step"], "dev": rep["best"]},

@@ -133,6 +133,7 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
                                      pd.read_parquet(sep_dev).to_dict("records") if sep_dev and sep_dev.exists() else None))
     if tuning:
         parts.append(sec.tuning_table(tuning["grid"]))
+    seed_der = [r["blind"]["primary"]["der"] for r in seed_runs]
     metrics = {
         "der_blind": diar["blind"]["primary"]["der"], "der_blind_secondary": diar["blind"]["secondary"]["der"],
         "der_oracle": diar["oracle"]["primary"]["der"], "jer_blind": diar["blind"]["primary"]["jer"],
@@ -148,9 +149,8 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
         "false_alarm_blind": diar["blind"]["primary"].get("false_alarm_rate"),
         "confusion_blind": diar["blind"]["primary"].get("confusion_rate"),
         "der_exclusive": diar["blind"].get("exclusive", {}).get("der"),
-        "der_blind_seeds": {"seeds": [r["seed"] for r in seed_runs], "der": [r["blind"]["primary"]["der"] for r in seed_runs],
-                            **dict(zip(("mean", "std"), mean_std([r["blind"]["primary"]["der"] for r in seed_runs])))}
-        if len(seed_runs) > 1 else None,
+        "der_blind_seeds": {"seeds": [r["seed"] for r in seed_runs], "der": seed_der,
+                            **dict(zip(("mean", "std"), mean_std(seed_der)))} if len(seed_der) > 1 else None,
         "pretrain": m,
         "abilities": {st: {k: v for k, v in (a or {}).items()
                            if isinstance(v, (int, float)) or k in ("content_view", "content_views", "content_views_dev")}

@@ -207,8 +207,8 @@ def fit_segmentation_head(cfg: SegmentationStageConfig, train_items: list, dev_i
                           device: torch.device | str = "cpu") -> tuple[SegmentationHead, SegmentationFit]:
     """Train one segmentation head (seed ``cfg.seed``) on cached conversation latents and keep its best dev step.
 
-    The encoder is not in the loop, so several seeds can share one encoding pass
-    (:mod:`echo.evaluate.seeds`); the stage calls this once.
+    The encoder is not in the loop, so several seeds share one encoding pass: the stage calls this
+    once per seed (its own, then those of ``seeds.diarization`` for :mod:`echo.evaluate.seeds`).
 
     Args:
         train_items / dev_items: ``[(latents (N, D), reference activity (N, K)), ...]`` per conversation,

@@ -137,6 +137,10 @@ def diarization_seed_runs(diarizer, segmentation_dir, base, tune, bootstrap, dev
     if not extra:
         out["wall_s"] = time.perf_counter() - t0
         return out
+    heads = {r["seed"]: segmentation_dir / "seeds" / f"seed{r['seed']}.pt" for r in extra}
+    for seed, path in heads.items():  # before any encoding
+        if not path.is_file():
+            raise EchoError(f"{path}: missing (the segmentation stage's summary lists seed {seed})")
     model = diarizer.model
     # the blocks the diarizer encodes with the settings tuning starts from (chunk_s and context_s are never tuned)
     encoder = Diarizer(model, diarizer.plda, base)
@@ -147,12 +151,9 @@ def diarization_seed_runs(diarizer, segmentation_dir, base, tune, bootstrap, dev
     log.info("seed runs: encoded %d conversations once for seeds %s in %.0f s", len(cache),
              [r["seed"] for r in extra], out["encode_s"])
     for n, rep in enumerate(extra):
-        path = segmentation_dir / "seeds" / f"seed{rep['seed']}.pt"
-        if not path.is_file():
-            raise EchoError(f"{path}: missing (the segmentation stage's summary lists seed {rep['seed']})")
         seeded = EchoModel(model.encoder, model.frontend, model.stage, speaker=model.speaker, arcface=model.arcface,
                            ctc=model.ctc, vq_ctc=model.vq_ctc, router=model.router,
-                           segmentation=SegmentationHead.load(path), meta=model.meta)
+                           segmentation=SegmentationHead.load(heads[rep["seed"]]), meta=model.meta)
         best, rows = tune_on_dev(_CachedDiarizer(seeded, diarizer.plda, base, cache), dev, tune)
         ((blind, _),) = evaluate_conditions(_CachedDiarizer(seeded, diarizer.plda, best, cache), test, (False,),
                                             bootstrap=bootstrap)

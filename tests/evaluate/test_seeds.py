@@ -85,3 +85,26 @@ def test_seeds_table_and_rows_from_the_nodes_files():
     assert _row(md, "1 |").startswith("| 1 | 400 | 30.00 | 0.1 / 5 / 0.5 | 25.00 | 14.00 |")
     assert "12.00 ± 2.83 (n=2)" in _row(md, "mean ± std")
     assert "n/a" in seeds_table([])
+
+
+def test_seed_runs_refuse_a_wrong_split_or_a_missing_head_before_encoding(tmp_path):
+    import types
+
+    import pandas as pd
+
+    from echo.evaluate.seeds import diarization_seed_runs
+    from echo.errors import EchoError
+    from echo.io import write_json
+    from tests.helpers import tiny_diarizer
+
+    d = tiny_diarizer()
+    write_json(tmp_path / "summary.json", {"config": {"seed": 0}, "seeds": [{"seed": 1, "best_step": 3, "best": {}}]})
+    args = (d, tmp_path, d.config, None, None)
+    never = types.SimpleNamespace(table=pd.DataFrame({"split": ["dev"]}))  # a dev set where test belongs
+    with pytest.raises(EchoError, match="seed runs: expected test conversations, got dev"):
+        diarization_seed_runs(*args, never, never)
+    with pytest.raises(EchoError, match=r"seeds/seed1\.pt: missing \(the segmentation stage's summary lists seed 1\)"):
+        diarization_seed_runs(*args, [object()], [object()])  # would fail if it started encoding
+    write_json(tmp_path / "summary.json", {"config": {"seed": 0}, "seeds": []})
+    out = diarization_seed_runs(*args, [], [])
+    assert out["seeds"] == [0] and out["runs"] == []

@@ -55,6 +55,7 @@ SECTIONS: dict[str, str] = {
     "evaluation.backend": "echo.diarization.backend:BackendConfig",
     "evaluation.tune": "echo.evaluate.diarize:TuneConfig",
     "evaluation.separation": "echo.evaluate.separation:SeparationConfig",
+    "evaluation.channels": "echo.evaluate.channels:ChannelEvalConfig",
     "evaluation.bootstrap": "echo.metrics.bootstrap:BootstrapConfig",
     "simulation.conversations": "echo.simulate.conversations:ConversationConfig",
     "simulation.mixtures": "echo.simulate.mixtures:MixtureConfig",

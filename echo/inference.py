@@ -38,7 +38,7 @@ from typing import ClassVar, Iterator
 import numpy as np
 import torch
 
-from echo.audio import SAMPLE_RATE, _SOUNDFILE_EXT, _check_path, _ffmpeg_decoder, _first_line, _soundfile_info, resample
+from echo.audio import SAMPLE_RATE, _SOUNDFILE_EXT, _check_path, _ffmpeg_decoder, _first_line, _soundfile_info, loudness_gain, resample
 from echo.config import check_fields, rule
 from echo.errors import AudioError
 from echo.features import FrontEnd
@@ -272,9 +272,22 @@ def token_count(encoder: torch.nn.Module, frontend: FrontEnd, num_samples: int) 
     return -(-frontend.num_frames(num_samples) // encoder.cfg.patch_frames)
 
 
+class _Scaled:
+    """``wave`` times ``gain``, sliced like an array (an array or a BlockReader underneath)."""
+
+    def __init__(self, wave, gain: float):
+        self.wave, self.gain = wave, np.float32(gain)
+
+    def __len__(self) -> int:
+        return len(self.wave)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        return np.asarray(self.wave[key], dtype=np.float32) * self.gain
+
+
 @torch.inference_mode()
 def iter_latents(encoder: torch.nn.Module, frontend: FrontEnd, wave, chunk_tokens: int,
-                 context_tokens: int) -> Iterator[tuple[int, np.ndarray]]:
+                 context_tokens: int, level: bool = True) -> Iterator[tuple[int, np.ndarray]]:
     """Encode a recording block by block: yields ``(first token, (n, D) float32 latents)`` of
     consecutive blocks of ``chunk_tokens`` tokens, each encoded with ``context_tokens`` of extra
     context on each side (dropped). With one block this equals encoding the whole input at once.
@@ -284,7 +297,13 @@ def iter_latents(encoder: torch.nn.Module, frontend: FrontEnd, wave, chunk_token
         frontend: its log-mel front-end.
         wave: mono samples (an array or a :class:`echo.diarization.diarizer.BlockReader`).
         chunk_tokens, context_tokens: block and context sizes in tokens (>= 1, >= 0).
+        level: bring the recording to :data:`echo.audio.REFERENCE_LUFS` first (one gain for the
+            whole recording, :func:`echo.audio.loudness_gain`); False encodes the samples as given.
     """
+    if level:
+        gain = loudness_gain(wave, frontend.sample_rate)
+        if gain != 1.0:
+            wave = _Scaled(wave, gain)
     p = encoder.cfg.patch_frames
     n = token_count(encoder, frontend, len(wave))
     dev = next(encoder.parameters()).device

@@ -62,3 +62,31 @@ def test_bad_input_one_line(tmp_path, case):
         audio.load(p)
     msg = str(e.value)
     assert "\n" not in msg and str(p) in msg
+
+
+def test_loudness_gain_brings_any_level_to_the_reference_and_leaves_silence_alone():
+    from echo.audio import REFERENCE_LUFS, loudness, loudness_gain
+
+    rng = np.random.default_rng(0)
+    t = np.arange(16000 * 5) / 16000
+    x = (0.1 * np.sin(2 * np.pi * 300 * t) * (rng.random(t.size) > 0.3)).astype(np.float32)
+    for db in (-30.0, -10.0, 0.0, 6.0):
+        y = x * np.float32(10 ** (db / 20))
+        assert loudness(y) == pytest.approx(loudness(x) + db, abs=0.01)  # BS.1770 is linear in level
+        assert loudness(y * np.float32(loudness_gain(y))) == pytest.approx(REFERENCE_LUFS, abs=0.01)
+    assert loudness_gain(np.zeros(16000 * 2, np.float32)) == 1.0
+    assert loudness_gain(x[:4000]) == 1.0  # under 0.4 s: no gated measurement
+    assert loudness_gain(x * np.float32(10 ** (-42 / 20))) == pytest.approx(100.0)  # +40 dB at most (43 needed)
+    assert loudness_gain(x * np.float32(1e-4)) == 1.0  # below BS.1770's -70 LUFS absolute gate: "silence"
+
+
+def test_loudness_of_a_long_signal_reads_excerpts_forward_only():
+    from echo.audio import loudness
+    from echo.diarization.diarizer import BlockReader
+
+    rng = np.random.default_rng(1)
+    n = 16000 * 700  # over the 10-minute whole-signal limit
+    block = (0.05 * rng.standard_normal(16000 * 10)).astype(np.float32)
+    reader = BlockReader(lambda: (block for _ in range(70)), n)
+    assert loudness(reader) == pytest.approx(loudness(block), abs=0.2)
+    assert reader.passes == 1

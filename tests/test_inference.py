@@ -7,7 +7,8 @@ import soundfile as sf
 
 from echo import audio
 from echo.errors import AudioError, ConfigError
-from echo.inference import InferenceConfig, encode_long, is_silent, probe, read_all, stream
+from echo.audio import REFERENCE_LUFS, loudness, loudness_gain
+from echo.inference import InferenceConfig, encode_long, iter_latents, is_silent, probe, read_all, stream
 
 from tests.helpers import write_bad_input
 
@@ -112,14 +113,20 @@ def test_encode_long_blocks_equal_the_whole_encoding_and_report_progress():
     enc = Encoder(EncoderConfig(n_mels=80, dim=16, depth=1, heads=2, mlp_dim=32)).eval()
     fe = FrontEnd()
     wave = _noise(16000, 3.3)[:, 0]
-    with torch.no_grad():
-        whole = enc(torch.from_numpy(fe.compute(wave))[None]).features[0].numpy()
+    gain = loudness_gain(wave)
+    assert abs(loudness(wave * np.float32(gain)) - REFERENCE_LUFS) < 0.05 and gain != 1.0
+    with torch.no_grad():  # the whole recording at the reference level, in one pass
+        whole = enc(torch.from_numpy(fe.compute(wave * np.float32(gain)))[None]).features[0].numpy()
     calls = []
     # context wider than the recording: every block sees all of it, so only block edges can differ
     chunked = encode_long(enc, fe, wave, chunk_s=0.72, context_s=4.0, hook=lambda step, **kw: calls.append((step, kw)))
     assert chunked.shape == whole.shape
     np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-4)
     assert calls == [("encode", {"completed": i, "total": 5}) for i in range(1, 6)]
+    with torch.no_grad():  # level=False encodes the samples as given
+        raw = enc(torch.from_numpy(fe.compute(wave))[None]).features[0].numpy()
+    blocks = np.concatenate([x for _, x in iter_latents(enc, fe, wave, 18, 100, level=False)])
+    np.testing.assert_allclose(blocks, raw, rtol=1e-4, atol=1e-4)
 
 
 def test_read_all_reports_decoded_seconds(tmp_path):

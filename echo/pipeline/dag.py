@@ -72,11 +72,11 @@ def nodes() -> list[Node]:
         "features_train_noisy", "features", "augmented_features", deps=("data/corpus",),
         outs=("data/features/train_noisy",), params=("features", "simulation.augmentation"),
         code=_code("echo/features.py", "echo/simulate/augment.py", "echo/simulate/conversations.py",
-                   "echo/simulate/room.py"),
+                   "echo/simulate/room.py", "echo/simulate/channels.py"),
         wildcards=(("split", "train"),), dirs=frozenset({"data/features/train_noisy"})))
     sim_code = _code("echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py",
                      "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py",
-                     "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/metrics/der.py")
+                     "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/simulate/channels.py", "echo/metrics/der.py")
     for kind, splits in SIMULATED.items():
         for s in splits:
             out.append(Node(
@@ -107,7 +107,7 @@ def nodes() -> list[Node]:
         deps=("models/stages/routing", "data/sim/conversations/train", "data/sim/conversations/dev"),
         outs=("models/stages/segmentation",), params=("stages.segmentation", "evaluation.diarizer", "seeds"),
         code=_code("echo/stages/segmentation.py", "echo/heads/segmentation.py", "echo/diarization/backend.py",
-                   "echo/diarization/diarizer.py", "echo/models/bundle.py"),
+                   "echo/diarization/diarizer.py", "echo/models/bundle.py", "echo/inference.py", "echo/audio.py"),
         wildcards=(("stage", "segmentation"),), gpu=1, threads=2, dirs=frozenset({"models/stages/segmentation"})))
     out.append(Node(
         "stage_separation", "stages", "separation_stage",
@@ -126,7 +126,7 @@ def nodes() -> list[Node]:
             wildcards=(("stage", st),), metrics=(f"results/abilities/{st}.json",), threads=2))
     diar_code = ("echo/evaluate/diarize.py", "echo/diarization/diarizer.py", "echo/diarization/backend.py",
                  "echo/diarization/plda.py", "echo/diarization/ahc.py", "echo/diarization/vbx.py",
-                 "echo/heads/segmentation.py", "echo/metrics/der.py")
+                 "echo/heads/segmentation.py", "echo/metrics/der.py", "echo/inference.py", "echo/audio.py")
     out.append(Node(
         "backend", "evaluation", "backend",
         deps=("models/stages/segmentation", "data/sim/conversations/train", "data/sim/conversations/dev",
@@ -146,6 +146,12 @@ def nodes() -> list[Node]:
         code=_code("echo/evaluate/seeds.py", "echo/stages/segmentation.py", *diar_code),
         metrics=("results/diarization_seeds.json",), threads=2))
     out.append(Node(
+        "diarization_channels", "evaluation", "diarization_channels",
+        deps=("models/echo", "data/sim/conversations/test"), outs=(),
+        params=("evaluation.channels", "evaluation.bootstrap"),
+        code=_code("echo/evaluate/channels.py", "echo/simulate/channels.py", *diar_code),
+        metrics=("results/diarization_channels.json",), threads=2))
+    out.append(Node(
         "separation", "evaluation", "separation",
         deps=("models/stages/separation", "models/stages/phonetic", "data/sim/mixtures/test", "models/pretrain"),
         outs=("results/figures/separation.png",), params=("evaluation.separation",),
@@ -155,7 +161,7 @@ def nodes() -> list[Node]:
     out.append(Node(
         "tables", "report", "tables",
         deps=("results/corpus_stats.json", "results/diarization_tuning.json", "results/diarization.json",
-              "results/diarization_seeds.json", "results/separation.json")
+              "results/diarization_seeds.json", "results/diarization_channels.json", "results/separation.json")
         + tuple(f"results/abilities/{st}.json" for st in ("pretrain",) + tuple(STAGE_HEADS))
         + tuple(f"results/simulation/{k}_{s}.json" for k, ss in SIMULATED.items() for s in ss)
         + ("models/pretrain",) + tuple(f"models/stages/{st}" for st in (*STAGE_HEADS, "segmentation", "separation")),

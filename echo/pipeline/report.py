@@ -95,6 +95,7 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
     abil = {st: _load(results / "abilities" / f"{st}.json") for st in ABLATION_ROWS}
     final = abil.get("routing")
     tuning = _load(results / "diarization_tuning.json")
+    channels = _load(results / "diarization_channels.json")
     seg_dir = models.get("segmentation")
     seed_runs = seed_rows(diar, tuning, _load(seg_dir / "summary.json") if seg_dir else None,
                           _load(results / "diarization_seeds.json"))
@@ -109,7 +110,8 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
              sec.separation_by_k_table(sep),
              sec.waveform_separation_table(sep),
              sec.confusion_table(sep, "count", "Speaker-count confusion, test mixtures (rows: true K)"),
-             sec.seeds_table(seed_runs)]
+             sec.seeds_table(seed_runs),
+             sec.channels_table(channels)]
     if "pretrain" in models and (models["pretrain"] / "curves.parquet").exists():
         text, m = pretraining_section(models["pretrain"] / "curves.parquet", abil.get("pretrain"))
         parts.append(text)
@@ -151,6 +153,8 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
         "der_exclusive": diar["blind"].get("exclusive", {}).get("der"),
         "der_blind_seeds": {"seeds": [r["seed"] for r in seed_runs], "der": seed_der,
                             **dict(zip(("mean", "std"), mean_std(seed_der)))} if len(seed_der) > 1 else None,
+        "der_channels": {name: {"der": r["der"], "delta_der": r["delta_der"]}
+                         for name, r in channels["conditions"].items()} if channels else None,
         "pretrain": m,
         "abilities": {st: {k: v for k, v in (a or {}).items()
                            if isinstance(v, (int, float)) or k in ("content_view", "content_views", "content_views_dev")}

@@ -67,8 +67,8 @@ def features(node, raw, run):
 
 
 def augmented_features(node, raw, run):
-    """Log-mel features of a noisy, reverberant copy of the training split (same index and labels as
-    the clean cache), for the specialisation stages and the diarization backend."""
+    """Log-mel features of a noisy, reverberant copy of the training split, partly through random
+    transmission channels (same index and labels as the clean cache), for the specialisation stages."""
     from echo.corpus.manifest import SILENCE
     from echo.features import build_feature_cache
     from echo.simulate.augment import Augmenter
@@ -88,11 +88,12 @@ def augmented_features(node, raw, run):
     cache = build_feature_cache(df, fe, Path(node.outs[0]), inventory, transform=transform,
                                 hook=NodeProgress())
     reverb = float(np.mean([d["reverb"] for d in drawn]))
+    channel = float(np.mean([bool(d["channel"]) for d in drawn]))
     snrs = [d["snr_db"] for d in drawn if np.isfinite(d["snr_db"])]
-    log.info("augmented %d utterances: reverberant share %.2f, median SNR %.1f dB", len(drawn), reverb,
-             float(np.median(snrs)) if snrs else float("nan"))
+    log.info("augmented %d utterances: reverberant share %.2f, through a channel %.2f, median SNR %.1f dB",
+             len(drawn), reverb, channel, float(np.median(snrs)) if snrs else float("nan"))
     if run:
-        run.log_metrics({"utterances": len(cache), "reverb_share": reverb,
+        run.log_metrics({"utterances": len(cache), "reverb_share": reverb, "channel_share": channel,
                          **({"snr_db_median": float(np.median(snrs))} if snrs else {})})
 
 
@@ -127,7 +128,8 @@ def simulate(node, raw, run):
     if kind == "conversations":
         from echo.simulate.conversations import simulate_conversations
 
-        simulate_conversations(df, cfg, out, k_values=list(spec.k), n_per_k=spec.n_per_k, hook=NodeProgress())
+        simulate_conversations(df, cfg, out, k_values=list(spec.k), n_per_k=spec.n_per_k, hook=NodeProgress(),
+                               channel_prob=spec.channel_prob, channels=spec.channels)
     else:
         from echo.simulate.mixtures import simulate_mixtures
 
@@ -397,6 +399,24 @@ def diarization_seeds(node, raw, run):
     if run:
         run.log_metrics({f"seed{r['seed']}_{k}": v for r in out["runs"]
                          for k, v in _flat_numbers({"blind": r["blind"]}).items()})
+
+
+def diarization_channels(node, raw, run):
+    """The TEST conversations through each channel of ``evaluation.channels`` (telephone band, codecs,
+    clipping), diarized blind with the published diarizer: DER per condition and its paired difference."""
+    from echo.diarization.diarizer import Diarizer
+    from echo.evaluate.channels import evaluate_channels
+    from echo.simulate.channels import ffmpeg_binary
+    from echo.simulate.conversations import ConversationSet
+
+    ffmpeg_binary()  # a missing ffmpeg is named before any conversation is encoded
+    out = evaluate_channels(Diarizer.from_pretrained(node.deps[0]), ConversationSet(node.deps[1]),
+                            load_section(raw, "evaluation.channels"), load_section(raw, "evaluation.bootstrap"),
+                            hook=NodeProgress())
+    write_json(node.metrics[0], out)
+    if run:
+        run.log_metrics({f"{name}_{k}": v for name, r in out["conditions"].items()
+                         for k, v in _flat_numbers(r).items()})
 
 
 def separation(node, raw, run):

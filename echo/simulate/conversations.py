@@ -37,6 +37,7 @@ import pandas as pd
 from echo.config import need, rule
 from echo.audio import SAMPLE_RATE
 from echo.io import write_text
+from echo.simulate.channels import apply_channel, maybe_channel
 from echo.simulate.room import RoomConfig, apply_rir, noise_at_snr, simulate_rirs
 from echo.simulate.rttm import annotation_from_intervals, read_rttm, read_uem, rttm_text, uem_text
 from echo.simulate.shards import AUDIO_FORMATS, SET_RULES, check_set_fields, generator, open_set, read_set, read_shard
@@ -287,7 +288,8 @@ def render_conversation(pool: UtterancePool, plan: ConversationPlan, cfg: Conver
 
 def simulate_conversations(manifest_df: pd.DataFrame, cfg: ConversationConfig, out_dir: str | Path,
                            k_values: tuple[int, ...] | None = None, n_per_k: int | None = None,
-                           hook: Hook | None = None) -> Path:
+                           hook: Hook | None = None, channel_prob: float = 0.0,
+                           channels: tuple[str, ...] = ()) -> Path:
     """Simulate conversations from one split's utterances and write them to ``out_dir`` atomically.
 
     Output: ``recordings.parquet`` (one row per recording), ``turns.parquet`` (one row per placed
@@ -301,6 +303,9 @@ def simulate_conversations(manifest_df: pd.DataFrame, cfg: ConversationConfig, o
         k_values: speaker counts (default ``1..cfg.k_max``).
         n_per_k: recordings per speaker count (default ``cfg.n_per_k``).
         hook: progress callback (see :mod:`echo.progress`).
+        channel_prob, channels: share of the recordings passed whole through a random channel of one
+            of these kinds (:func:`~echo.simulate.channels.maybe_channel`, drawn from the recording's own
+            generator stream, so the speech, turns and noise are those of the same recording without).
 
     Returns:
         ``out_dir`` as a Path.
@@ -318,6 +323,10 @@ def simulate_conversations(manifest_df: pd.DataFrame, cfg: ConversationConfig, o
             rng = generator(cfg.seed, pool.split, k, i)
             plan = plan_conversation(pool, k, cfg, rng)
             audio, info = render_conversation(pool, plan, cfg, rng)
+            channel = maybe_channel(channel_prob, channels, generator(cfg.seed, pool.split, k, i, 1))
+            if channel is not None:
+                audio = np.clip(apply_channel(audio, channel), -1.0, 1.0)
+            info["channel"] = channel.name if channel else ""
             rec_id = f"{pool.split}_conv_k{k}_{i:06d}"
             shard, offset = run.shards.add(audio)
             intervals = plan.intervals()
@@ -343,7 +352,7 @@ def simulate_conversations(manifest_df: pd.DataFrame, cfg: ConversationConfig, o
 
 _RECORDING_COLUMNS = ["rec_id", "split", "k", "speakers", "shard", "offset", "num_samples", "duration", "n_turns",
                       "target_overlap", "achieved_overlap", "speech_s", "overlap_s", "snr_db", "noise_exponent",
-                      "reverb", "rt60"]
+                      "reverb", "rt60", "channel"]
 _TURN_COLUMNS = ["rec_id", "turn", "speaker", "utt_id", "onset", "num_samples", "gain_db", "overlap_prev"]
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from echo.config import check_fields, rule
+from echo.config import check_fields, need, rule
+from echo.simulate.channels import KINDS, check_channel_kinds
 
 __all__ = ["SetSpec", "SimulationSets"]
 
@@ -20,14 +21,22 @@ class SetSpec:
     Attributes:
         k: speaker counts to simulate (each >= 1).
         n_per_k: recordings per speaker count (>= 1).
+        channel_prob: share of the recordings passed, whole, through a random transmission channel
+            (:func:`echo.simulate.channels.draw_channel`); conversations only (training augmentation
+            for the segmentation stage and the PLDA: a real recording's channel is one for all of it).
+        channels: the channel kinds drawn from.
     """
 
     k: tuple[int, ...] = field(default=(1, 2, 3, 4), metadata=rule(ge=1, nonempty=True))
     n_per_k: int = field(default=2, metadata=rule(ge=1))
+    channel_prob: float = field(default=0.0, metadata=rule(ge=0.0, le=1.0))
+    channels: tuple[str, ...] = field(default=KINDS, metadata=rule(nonempty=True))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", tuple(self.k))
+        object.__setattr__(self, "channels", tuple(self.channels))
         check_fields(self)
+        check_channel_kinds(self)
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,11 @@ class SimulationSets:
     mixtures_train: SetSpec = field(default_factory=lambda: SetSpec((1, 2, 3, 4), 300))
     mixtures_dev: SetSpec = field(default_factory=lambda: SetSpec((1, 2, 3, 4), 20))
     mixtures_test: SetSpec = field(default_factory=lambda: SetSpec((1, 2, 3, 4), 50))
+
+    def __post_init__(self) -> None:
+        for name in ("mixtures_train", "mixtures_dev", "mixtures_test"):
+            need(self, getattr(self, name).channel_prob == 0, f"{name}.channel_prob",
+                 "0 (channels are simulated for conversations only)", getattr(self, name).channel_prob)
 
     def spec(self, kind: str, split: str) -> SetSpec:
         return getattr(self, f"{kind}_{split}")

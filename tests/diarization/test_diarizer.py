@@ -107,7 +107,7 @@ def test_streamed_encoding_covers_every_token_once():
     n = -(-fe.num_frames(len(wave)) // 4)
     assert [b0 for b0, _ in blocks] == list(range(0, n, 50)) and sum(len(x) for _, x in blocks) == n
     # one block = the whole input at once
-    whole = np.concatenate([x for _, x in iter_latents(enc, fe, wave, 10_000, 0)])
+    whole = np.concatenate([x for _, x in iter_latents(enc, fe, wave, 10_000, 0, level=False)])
     with torch.no_grad():
         ref = enc(torch.from_numpy(fe.compute(wave))[None]).features[0].numpy()
     np.testing.assert_allclose(whole, ref, atol=1e-5)

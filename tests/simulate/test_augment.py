@@ -77,3 +77,26 @@ def test_no_speech_intervals_means_the_whole_utterance_is_the_snr_reference():
     for empty in (np.empty((0, 2), np.int64), np.array([[300, 300]])):
         assert np.array_equal(aug(x, "u", empty)[0], whole)
     assert not np.array_equal(aug(x, "u", np.array([[0, 800]]))[0], whole)
+
+
+def test_channel_share_of_the_copy_is_drawn_per_utterance_and_keeps_alignment():
+    from scipy.signal import welch
+
+    x = _speech(2.0)
+    base = AugmentConfig(snr_db=(30.0, 30.0), reverb_prob=0.0)
+    aug = Augmenter(AugmentConfig(snr_db=(30.0, 30.0), reverb_prob=0.0, channel_prob=1.0, channels=("telephone",)), SR)
+    y, info = aug(x, "spk1-000")
+    y0, info0 = Augmenter(base, SR)(x, "spk1-000")
+    assert info["channel"] == "telephone" and info0["channel"] == ""
+    assert y.shape == x.shape
+    f, p = welch(y, SR, nperseg=1024)
+    assert p[f > 4000].sum() / p.sum() < 1e-3  # band-limited like a phone line
+    c = np.correlate(y.astype(np.float64), y0.astype(np.float64), "full")
+    assert abs(int(np.argmax(c)) - (x.size - 1)) <= 1  # still aligned with the labels
+    share = np.mean([bool(Augmenter(AugmentConfig(reverb_prob=0.0, channel_prob=0.3, channels=("clip",)), SR)(
+        x, f"u{i}")[1]["channel"]) for i in range(200)])
+    assert 0.2 < share < 0.4
+    with pytest.raises(ConfigError, match=r"channels\[0\]: expected one of \['telephone'"):
+        AugmentConfig(channels=("fax",))
+    with pytest.raises(ConfigError, match=r"channel_prob: expected a number in \[0, 1\], got 1.5"):
+        AugmentConfig(channel_prob=1.5)

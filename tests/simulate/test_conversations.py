@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from pyannote.core import Annotation, Segment
+from scipy.signal import correlate
 
 from echo.corpus import manifest
 from echo.errors import ConfigError, EchoError
@@ -197,3 +198,24 @@ def test_config_from_yaml_like_mapping_round_trips(clean_set):
     assert isinstance(cfg.room.rt60_s, tuple) and isinstance(cfg.beta_s, tuple)
     with pytest.raises(ConfigError, match=r"ConversationConfig.room: unknown key\(s\) \['rt60'\]"):
         ConversationConfig(room={"rt60": 0.3})
+
+
+def test_channel_share_changes_only_the_chosen_recordings_and_keeps_their_reference(corpus, tmp_path):
+    cfg = ConversationConfig(snr_db=None, reverb_prob=0.0, **SHORT)
+    df = manifest.read(corpus, "train")
+    plain = ConversationSet(simulate_conversations(df, cfg, tmp_path / "plain", k_values=(1, 2), n_per_k=4))
+    moved = ConversationSet(simulate_conversations(df, cfg, tmp_path / "moved", k_values=(1, 2), n_per_k=4,
+                                                   channel_prob=0.5, channels=("telephone", "gsm")))
+    names = moved.table["channel"].tolist()
+    assert set(names) <= {"", "telephone", "gsm"} and 0 < sum(map(bool, names)) < len(names)
+    assert (plain.table["channel"] == "").all()
+    for i in range(len(plain)):
+        a, b = plain[i], moved[i]
+        assert a.rec_id == b.rec_id and a.annotation == b.annotation and a.audio.shape == b.audio.shape
+        if names[i]:
+            assert not np.allclose(a.audio, b.audio, atol=1e-3)
+            # the 8 kHz line keeps the speech where it was: correlation peaks at lag 0
+            c = correlate(b.audio.astype(np.float64), a.audio.astype(np.float64), "full", method="fft")
+            assert abs(int(np.argmax(c)) - (a.audio.size - 1)) <= 1
+        else:  # the same recording as without channels: the channel draws use their own stream
+            assert np.array_equal(a.audio, b.audio)

@@ -87,7 +87,7 @@ rule features_test:
 rule features_train_noisy:
     input:
         data=["data/corpus"],
-        code=["echo/pipeline/steps.py", "echo/features.py", "echo/simulate/augment.py", "echo/simulate/conversations.py", "echo/simulate/room.py"],
+        code=["echo/pipeline/steps.py", "echo/features.py", "echo/simulate/augment.py", "echo/simulate/conversations.py", "echo/simulate/room.py", "echo/simulate/channels.py"],
     output:
         directory("data/features/train_noisy"),
     params:
@@ -107,7 +107,7 @@ rule features_train_noisy:
 rule conversations_train:
     input:
         data=["data/corpus"],
-        code=["echo/pipeline/steps.py", "echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py", "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py", "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/metrics/der.py"],
+        code=["echo/pipeline/steps.py", "echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py", "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py", "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/simulate/channels.py", "echo/metrics/der.py"],
     output:
         directory("data/sim/conversations/train"),
         "results/figures/conversations_train.png",
@@ -129,7 +129,7 @@ rule conversations_train:
 rule conversations_dev:
     input:
         data=["data/corpus"],
-        code=["echo/pipeline/steps.py", "echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py", "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py", "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/metrics/der.py"],
+        code=["echo/pipeline/steps.py", "echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py", "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py", "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/simulate/channels.py", "echo/metrics/der.py"],
     output:
         directory("data/sim/conversations/dev"),
         "results/figures/conversations_dev.png",
@@ -151,7 +151,7 @@ rule conversations_dev:
 rule conversations_test:
     input:
         data=["data/corpus"],
-        code=["echo/pipeline/steps.py", "echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py", "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py", "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/metrics/der.py"],
+        code=["echo/pipeline/steps.py", "echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py", "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py", "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/simulate/channels.py", "echo/metrics/der.py"],
     output:
         directory("data/sim/conversations/test"),
         "results/figures/conversations_test.png",
@@ -173,7 +173,7 @@ rule conversations_test:
 rule mixtures_train:
     input:
         data=["data/corpus"],
-        code=["echo/pipeline/steps.py", "echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py", "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py", "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/metrics/der.py"],
+        code=["echo/pipeline/steps.py", "echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py", "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py", "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/simulate/channels.py", "echo/metrics/der.py"],
     output:
         directory("data/sim/mixtures/train"),
         "results/figures/mixtures_train.png",
@@ -195,7 +195,7 @@ rule mixtures_train:
 rule mixtures_dev:
     input:
         data=["data/corpus"],
-        code=["echo/pipeline/steps.py", "echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py", "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py", "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/metrics/der.py"],
+        code=["echo/pipeline/steps.py", "echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py", "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py", "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/simulate/channels.py", "echo/metrics/der.py"],
     output:
         directory("data/sim/mixtures/dev"),
         "results/figures/mixtures_dev.png",
@@ -217,7 +217,7 @@ rule mixtures_dev:
 rule mixtures_test:
     input:
         data=["data/corpus"],
-        code=["echo/pipeline/steps.py", "echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py", "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py", "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/metrics/der.py"],
+        code=["echo/pipeline/steps.py", "echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py", "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py", "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/simulate/channels.py", "echo/metrics/der.py"],
     output:
         directory("data/sim/mixtures/test"),
         "results/figures/mixtures_test.png",
@@ -319,7 +319,7 @@ rule stage_routing:
 rule stage_segmentation:
     input:
         data=["models/stages/routing", "data/sim/conversations/train", "data/sim/conversations/dev"],
-        code=["echo/pipeline/steps.py", "echo/stages/segmentation.py", "echo/heads/segmentation.py", "echo/diarization/backend.py", "echo/diarization/diarizer.py", "echo/models/bundle.py"],
+        code=["echo/pipeline/steps.py", "echo/stages/segmentation.py", "echo/heads/segmentation.py", "echo/diarization/backend.py", "echo/diarization/diarizer.py", "echo/models/bundle.py", "echo/inference.py", "echo/audio.py"],
     output:
         directory("models/stages/segmentation"),
     params:
@@ -440,7 +440,7 @@ rule abilities_routing:
 rule backend:
     input:
         data=["models/stages/segmentation", "data/sim/conversations/train", "data/sim/conversations/dev", "models/stages/separation"],
-        code=["echo/pipeline/steps.py", "echo/evaluate/diarize.py", "echo/diarization/diarizer.py", "echo/diarization/backend.py", "echo/diarization/plda.py", "echo/diarization/ahc.py", "echo/diarization/vbx.py", "echo/heads/segmentation.py", "echo/metrics/der.py"],
+        code=["echo/pipeline/steps.py", "echo/evaluate/diarize.py", "echo/diarization/diarizer.py", "echo/diarization/backend.py", "echo/diarization/plda.py", "echo/diarization/ahc.py", "echo/diarization/vbx.py", "echo/heads/segmentation.py", "echo/metrics/der.py", "echo/inference.py", "echo/audio.py"],
     output:
         directory("models/echo"),
         metrics=["results/diarization_tuning.json"],
@@ -461,7 +461,7 @@ rule backend:
 rule diarization:
     input:
         data=["models/echo", "data/sim/conversations/test"],
-        code=["echo/pipeline/steps.py", "echo/evaluate/diarize.py", "echo/diarization/diarizer.py", "echo/diarization/backend.py", "echo/diarization/plda.py", "echo/diarization/ahc.py", "echo/diarization/vbx.py", "echo/heads/segmentation.py", "echo/metrics/der.py", "echo/evaluate/figures.py"],
+        code=["echo/pipeline/steps.py", "echo/evaluate/diarize.py", "echo/diarization/diarizer.py", "echo/diarization/backend.py", "echo/diarization/plda.py", "echo/diarization/ahc.py", "echo/diarization/vbx.py", "echo/heads/segmentation.py", "echo/metrics/der.py", "echo/inference.py", "echo/audio.py", "echo/evaluate/figures.py"],
     output:
         "results/rttm/test_blind.rttm",
         "results/figures/der_by_k.png",
@@ -484,7 +484,7 @@ rule diarization:
 rule diarization_seeds:
     input:
         data=["models/echo", "models/stages/segmentation", "data/sim/conversations/dev", "data/sim/conversations/test"],
-        code=["echo/pipeline/steps.py", "echo/evaluate/seeds.py", "echo/stages/segmentation.py", "echo/evaluate/diarize.py", "echo/diarization/diarizer.py", "echo/diarization/backend.py", "echo/diarization/plda.py", "echo/diarization/ahc.py", "echo/diarization/vbx.py", "echo/heads/segmentation.py", "echo/metrics/der.py"],
+        code=["echo/pipeline/steps.py", "echo/evaluate/seeds.py", "echo/stages/segmentation.py", "echo/evaluate/diarize.py", "echo/diarization/diarizer.py", "echo/diarization/backend.py", "echo/diarization/plda.py", "echo/diarization/ahc.py", "echo/diarization/vbx.py", "echo/heads/segmentation.py", "echo/metrics/der.py", "echo/inference.py", "echo/audio.py"],
     output:
         metrics=["results/diarization_seeds.json"],
     params:
@@ -498,6 +498,26 @@ rule diarization_seeds:
         gpu=0,
     shell:
         "python -m echo.pipeline run diarization_seeds > {log} 2>&1"
+
+
+# stage: evaluation
+rule diarization_channels:
+    input:
+        data=["models/echo", "data/sim/conversations/test"],
+        code=["echo/pipeline/steps.py", "echo/evaluate/channels.py", "echo/simulate/channels.py", "echo/evaluate/diarize.py", "echo/diarization/diarizer.py", "echo/diarization/backend.py", "echo/diarization/plda.py", "echo/diarization/ahc.py", "echo/diarization/vbx.py", "echo/heads/segmentation.py", "echo/metrics/der.py", "echo/inference.py", "echo/audio.py"],
+    output:
+        metrics=["results/diarization_channels.json"],
+    params:
+        slice=params_slice(config, ["evaluation.channels", "evaluation.bootstrap"]),
+    log:
+        "logs/diarization_channels.log",
+    benchmark:
+        "logs/benchmarks/diarization_channels.tsv"
+    threads: 2
+    resources:
+        gpu=0,
+    shell:
+        "python -m echo.pipeline run diarization_channels > {log} 2>&1"
 
 
 # stage: evaluation
@@ -524,7 +544,7 @@ rule separation:
 # stage: report
 rule tables:
     input:
-        data=["results/corpus_stats.json", "results/diarization_tuning.json", "results/diarization.json", "results/diarization_seeds.json", "results/separation.json", "results/abilities/pretrain.json", "results/abilities/speaker.json", "results/abilities/phonetic.json", "results/abilities/routing.json", "results/simulation/conversations_train.json", "results/simulation/conversations_dev.json", "results/simulation/conversations_test.json", "results/simulation/mixtures_train.json", "results/simulation/mixtures_dev.json", "results/simulation/mixtures_test.json", "models/pretrain", "models/stages/speaker", "models/stages/phonetic", "models/stages/routing", "models/stages/segmentation", "models/stages/separation"],
+        data=["results/corpus_stats.json", "results/diarization_tuning.json", "results/diarization.json", "results/diarization_seeds.json", "results/diarization_channels.json", "results/separation.json", "results/abilities/pretrain.json", "results/abilities/speaker.json", "results/abilities/phonetic.json", "results/abilities/routing.json", "results/simulation/conversations_train.json", "results/simulation/conversations_dev.json", "results/simulation/conversations_test.json", "results/simulation/mixtures_train.json", "results/simulation/mixtures_dev.json", "results/simulation/mixtures_test.json", "models/pretrain", "models/stages/speaker", "models/stages/phonetic", "models/stages/routing", "models/stages/segmentation", "models/stages/separation"],
         code=["echo/pipeline/steps.py", "echo/pipeline/report.py"],
     output:
         "results/tables.md",

@@ -17,7 +17,7 @@ TINY = {
     "simulation.conversations": dict(min_duration_s=8.0, max_duration_s=15.0, reverb_prob=0.3),
     "simulation.conversations.room": dict(max_order=8),
     "simulation.augmentation.room": dict(max_order=8),
-    "simulation.sets": {"conversations_train": {"k": [1, 2, 3], "n_per_k": 3},
+    "simulation.sets": {"conversations_train": {"k": [1, 2, 3], "n_per_k": 3, "channel_prob": 0.5},
                         "conversations_dev": {"k": [1, 2, 3], "n_per_k": 1},
                         "conversations_test": {"k": [1, 2, 3, 4, 5], "n_per_k": 1},
                         "mixtures_train": {"k": [1, 2, 3, 4], "n_per_k": 12},
@@ -42,6 +42,7 @@ TINY = {
     "evaluation.tune": dict(Fa=[0.3], Fb=[5.0, 17.0], loopP=[0.0], ahc_threshold=[0.3, 0.5]),
     "evaluation.separation.bootstrap": dict(n_boot=100),
     "evaluation.bootstrap": dict(n_boot=100),
+    "evaluation.channels": dict(conditions=["clean", "gsm", "mp3_24k", "clipped"]),
     "seeds": dict(diarization=[0, 1]),  # one extra seed: the seed-runs node's whole path, cheaply
 }
 
@@ -51,7 +52,7 @@ PAPER = {
     "corpus": {"source": "voxceleb2"},
     "corpus.real": dict(root="/data/voxceleb2", workers=16),
     "simulation.conversations": dict(min_duration_s=30.0, max_duration_s=120.0),
-    "simulation.sets": {"conversations_train": {"k": [1, 2, 3, 4, 5], "n_per_k": 2000},
+    "simulation.sets": {"conversations_train": {"k": [1, 2, 3, 4, 5], "n_per_k": 2000, "channel_prob": 0.5},
                         "conversations_dev": {"k": [1, 2, 3, 4, 5], "n_per_k": 25},
                         "conversations_test": {"k": [1, 2, 3, 4, 5], "n_per_k": 100},
                         "mixtures_train": {"k": [1, 2, 3, 4], "n_per_k": 25000},

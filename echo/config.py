@@ -56,6 +56,7 @@ SECTIONS: dict[str, str] = {
     "evaluation.tune": "echo.evaluate.diarize:TuneConfig",
     "evaluation.separation": "echo.evaluate.separation:SeparationConfig",
     "evaluation.channels": "echo.evaluate.channels:ChannelEvalConfig",
+    "evaluation.real_voices": "echo.corpus.real_voices:RealVoicesConfig",
     "evaluation.bootstrap": "echo.metrics.bootstrap:BootstrapConfig",
     "simulation.conversations": "echo.simulate.conversations:ConversationConfig",
     "simulation.mixtures": "echo.simulate.mixtures:MixtureConfig",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Echo needs on a fresh Debian machine (root, Python 3.11, no GPU):
-#   apt: espeak-ng (the embedded corpus's synthesiser) and the FFmpeg shared libraries
-#        (torchcodec decodes m4a/mp3 through them);
+#   apt: espeak-ng (the embedded corpus's synthesiser), the FFmpeg shared libraries (torchcodec
+#        decodes m4a/mp3 through them) and the ffmpeg command (codecs of the channel simulation),
+#        and the packages of recorded voices for the real-voice sets (~90 MB);
 #   the Python dependencies (the torch/torchaudio/torchcodec triple that imports and runs on CPU,
 #   snakemake, dvc, mlflow, ...: about 6 GB) in ONE virtual environment shared by every checkout,
 #   ~/.cache/echo/venv ($ECHO_VENV), which holds the dependencies only, never this package;
@@ -25,6 +26,12 @@ for lib in libavcodec59 libavformat59 libavutil57 libswresample4 libswscale6 lib
 done
 command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
 dpkg -s libespeak-ng1 >/dev/null 2>&1 || need_apt+=(libespeak-ng1)
+# recorded human voices for the real-voice dev and evaluation sets (echo/corpus/real_voices.py lists
+# them with their licences; asterisk-core-sounds-en/es/fr are reserved and never installed here)
+for pkg in asterisk-prompt-es-co asterisk-prompt-fr-armelle asterisk-prompt-it-menardi-wav \
+           asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav fillets-ng-data fillets-ng-data-cs fillets-ng-data-nl; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
 if ((${#need_apt[@]})); then
   echo "[install] apt: ${need_apt[*]}"
   SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo

@@ -14,6 +14,7 @@ __all__ = ["Node", "SPLITS", "nodes", "node"]
 
 SPLITS = ("train", "dev", "test")
 SIMULATED = {"conversations": ("train", "dev", "test"), "mixtures": ("train", "dev", "test")}
+REAL_SPLITS = ("dev", "test")  # conversations of real recorded voices (echo.corpus.real_voices)
 STAGE_HEADS = {"speaker": ("speaker", "pooling", "arcface"), "phonetic": ("ctc", "vq"),
                "routing": ("router", "pit")}
 
@@ -86,6 +87,17 @@ def nodes() -> list[Node]:
                 wildcards=(("kind", kind), ("split", s)), metrics=(f"results/simulation/{kind}_{s}.json",),
                 dirs=frozenset({f"data/sim/{kind}/{s}"})))
     out.append(Node(
+        "real_voices", "corpus", "real_voices", deps=(), outs=("data/real_voices",), params=("evaluation.real_voices",),
+        code=_code("echo/corpus/real_voices.py"), metrics=("results/real_voices.json",),
+        dirs=frozenset({"data/real_voices"})))
+    for s in REAL_SPLITS:
+        out.append(Node(
+            f"conversations_real_{s}", "simulation", "simulate", deps=("data/real_voices",),
+            outs=(f"data/sim/real/{s}", f"results/figures/real_{s}.png"),
+            params=("simulation.conversations", f"simulation.sets.real_{s}"), code=sim_code,
+            wildcards=(("kind", "real"), ("split", s)), metrics=(f"results/simulation/real_{s}.json",),
+            dirs=frozenset({f"data/sim/real/{s}"})))
+    out.append(Node(
         "pretrain", "pretrain", "pretrain", deps=("data/features/train",), outs=("models/pretrain",),
         params=("features", "encoder", "pretrain"),
         code=_code("echo/models/vit.py", "echo/models/jepa.py", "echo/models/masks.py", "echo/train/pretrain.py",
@@ -152,6 +164,10 @@ def nodes() -> list[Node]:
         code=_code("echo/evaluate/channels.py", "echo/simulate/channels.py", *diar_code),
         metrics=("results/diarization_channels.json",), threads=2))
     out.append(Node(
+        "diarization_real", "evaluation", "diarization_real",
+        deps=("models/echo", "data/sim/real/dev", "data/sim/real/test"), outs=("results/rttm/real_test_blind.rttm",),
+        params=("evaluation.bootstrap",), code=_code(*diar_code), metrics=("results/diarization_real.json",), threads=2))
+    out.append(Node(
         "separation", "evaluation", "separation",
         deps=("models/stages/separation", "models/stages/phonetic", "data/sim/mixtures/test", "models/pretrain"),
         outs=("results/figures/separation.png",), params=("evaluation.separation",),
@@ -161,9 +177,11 @@ def nodes() -> list[Node]:
     out.append(Node(
         "tables", "report", "tables",
         deps=("results/corpus_stats.json", "results/diarization_tuning.json", "results/diarization.json",
-              "results/diarization_seeds.json", "results/diarization_channels.json", "results/separation.json")
+              "results/diarization_seeds.json", "results/diarization_channels.json", "results/diarization_real.json", "results/real_voices.json",
+              "results/separation.json")
         + tuple(f"results/abilities/{st}.json" for st in ("pretrain",) + tuple(STAGE_HEADS))
         + tuple(f"results/simulation/{k}_{s}.json" for k, ss in SIMULATED.items() for s in ss)
+        + tuple(f"results/simulation/real_{s}.json" for s in REAL_SPLITS)
         + ("models/pretrain",) + tuple(f"models/stages/{st}" for st in (*STAGE_HEADS, "segmentation", "separation")),
         outs=("results/tables.md", "results/figures/training_curves.png"), params=("profile",), code=_code("echo/pipeline/report.py"),
         metrics=("results/metrics.json",)))

@@ -67,7 +67,7 @@ def simulation_section(sim: dict[str, dict]) -> str:
     for name, st in sim.items():
         kind, split = name.split("_", 1)
         ks = ", ".join(f"{k}:{n}" for k, n in sorted(st["k_histogram"].items(), key=lambda x: int(x[0])))
-        if kind == "conversations":
+        if kind in ("conversations", "real"):  # real: conversations of the real recorded voices
             ov = st["overlap_k2plus"]
             overlap = f"{100 * ov['achieved']:.1f} (target {100 * ov['target']:.1f})"
         else:
@@ -96,6 +96,7 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
     final = abil.get("routing")
     tuning = _load(results / "diarization_tuning.json")
     channels = _load(results / "diarization_channels.json")
+    real = _load(results / "diarization_real.json")
     seg_dir = models.get("segmentation")
     seed_runs = seed_rows(diar, tuning, _load(seg_dir / "summary.json") if seg_dir else None,
                           _load(results / "diarization_seeds.json"))
@@ -111,7 +112,8 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
              sec.waveform_separation_table(sep),
              sec.confusion_table(sep, "count", "Speaker-count confusion, test mixtures (rows: true K)"),
              sec.seeds_table(seed_runs),
-             sec.channels_table(channels)]
+             sec.channels_table(channels),
+             sec.real_voices_table(real, _load(results / "real_voices.json"))]
     if "pretrain" in models and (models["pretrain"] / "curves.parquet").exists():
         text, m = pretraining_section(models["pretrain"] / "curves.parquet", abil.get("pretrain"))
         parts.append(text)
@@ -155,6 +157,8 @@ def evaluation_sections(results: Path, models: dict[str, Path]) -> tuple[list[st
                             **dict(zip(("mean", "std"), mean_std(seed_der)))} if len(seed_der) > 1 else None,
         "der_channels": {name: {"der": r["der"], "delta_der": r["delta_der"]}
                          for name, r in channels["conditions"].items()} if channels else None,
+        "der_real": {split: {"der": r["blind"]["primary"]["der"], "count_accuracy": r["blind"]["count"]["accuracy"]}
+                     for split, r in real.items()} if real else None,
         "pretrain": m,
         "abilities": {st: {k: v for k, v in (a or {}).items()
                            if isinstance(v, (int, float)) or k in ("content_view", "content_views", "content_views_dev")}

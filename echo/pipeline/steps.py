@@ -56,6 +56,19 @@ def _split_rows(node):
     return full[full["split"] == dict(node.wildcards)["split"]].reset_index(drop=True), phone_inventory(full)
 
 
+def real_voices(node, raw, run):
+    """Real recorded voices from the installed Debian packages (echo.corpus.real_voices): the manifest of
+    the real-voice dev and evaluation speakers, and their sources and licences."""
+    from echo.corpus.real_voices import build_real_voices
+
+    df = build_real_voices(Path(node.outs[0]), load_section(raw, "evaluation.real_voices"), hook=NodeProgress())
+    sources = json.loads((Path(node.outs[0]) / "sources.json").read_text())
+    write_json(node.metrics[0], {"voices": sources, "utterances": len(df), "hours": float(df["duration"].sum() / 3600),
+                                 "speakers_by_split": {s: sorted(g["speaker"].unique()) for s, g in df.groupby("split")}})
+    if run:
+        run.log_metrics({"utterances": len(df), "hours": float(df["duration"].sum() / 3600)})
+
+
 def features(node, raw, run):
     """Log-mel features of one split into the sharded cache (phone labels from the alignment)."""
     from echo.features import build_feature_cache
@@ -122,6 +135,8 @@ def simulate(node, raw, run):
     w = dict(node.wildcards)
     kind, split = w["kind"], w["split"]
     spec = load_section(raw, "simulation.sets").spec(kind, split)
+    if kind == "real":  # conversations of the real recorded voices
+        kind = "conversations"
     cfg = load_section(raw, f"simulation.{kind}")
     df = mf.read(Path(node.deps[0]) / "manifest.parquet", split=split)
     out = Path(node.outs[0])
@@ -417,6 +432,27 @@ def diarization_channels(node, raw, run):
     if run:
         run.log_metrics({f"{name}_{k}": v for name, r in out["conditions"].items()
                          for k, v in _flat_numbers(r).items()})
+
+
+def diarization_real(node, raw, run):
+    """Blind diarization of the conversations of REAL recorded voices (dev and the real-voice evaluation
+    set) with the published diarizer, tuned on synthetic dev; nothing is tuned on these sets."""
+    from echo.diarization.diarizer import Diarizer
+    from echo.evaluate.diarize import evaluate_diarization
+    from echo.metrics.der import write_rttm
+    from echo.simulate.conversations import ConversationSet
+
+    diarizer = Diarizer.from_pretrained(node.deps[0])
+    boot = load_section(raw, "evaluation.bootstrap")
+    out = {}
+    for split, d in zip(("dev", "test"), node.deps[1:]):
+        summary, hyps = evaluate_diarization(diarizer, ConversationSet(d), bootstrap=boot)
+        out[split] = {"blind": summary}
+        if split == "test":
+            write_rttm(node.outs[0], hyps)
+    write_json(node.metrics[0], out)
+    if run:
+        run.log_metrics(_flat_numbers(out))
 
 
 def separation(node, raw, run):

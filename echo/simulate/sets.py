@@ -50,6 +50,8 @@ class SimulationSets:
         mixtures_train: routing-stage training mixtures.
         mixtures_dev: routing-stage model selection.
         mixtures_test: separation/routing scoring.
+        real_dev, real_test: conversations of the real recorded voices (:mod:`echo.corpus.real_voices`):
+            the real-voice dev set (decisions) and evaluation set; never used for training.
     """
 
     conversations_train: SetSpec = field(default_factory=lambda: SetSpec((1, 2, 3, 4, 5), 40))
@@ -58,6 +60,8 @@ class SimulationSets:
     mixtures_train: SetSpec = field(default_factory=lambda: SetSpec((1, 2, 3, 4), 300))
     mixtures_dev: SetSpec = field(default_factory=lambda: SetSpec((1, 2, 3, 4), 20))
     mixtures_test: SetSpec = field(default_factory=lambda: SetSpec((1, 2, 3, 4), 50))
+    real_dev: SetSpec = field(default_factory=lambda: SetSpec((1, 2, 3), 4))
+    real_test: SetSpec = field(default_factory=lambda: SetSpec((1, 2, 3, 4), 8))
 
     def __post_init__(self) -> None:
         for name in ("mixtures_train", "mixtures_dev", "mixtures_test"):
@@ -65,4 +69,5 @@ class SimulationSets:
                  "0 (channels are simulated for conversations only)", getattr(self, name).channel_prob)
 
     def spec(self, kind: str, split: str) -> SetSpec:
+        """The set ``<kind>_<split>`` (``kind`` is ``conversations``, ``mixtures`` or ``real``)."""
         return getattr(self, f"{kind}_{split}")

@@ -235,6 +235,70 @@ rule mixtures_test:
         "python -m echo.pipeline run mixtures_test > {log} 2>&1"
 
 
+# stage: corpus
+rule real_voices:
+    input:
+        code=["echo/pipeline/steps.py", "echo/corpus/real_voices.py"],
+    output:
+        directory("data/real_voices"),
+        metrics=["results/real_voices.json"],
+    params:
+        slice=params_slice(config, ["evaluation.real_voices"]),
+    log:
+        "logs/real_voices.log",
+    benchmark:
+        "logs/benchmarks/real_voices.tsv"
+    threads: 1
+    resources:
+        gpu=0,
+    shell:
+        "python -m echo.pipeline run real_voices > {log} 2>&1"
+
+
+# stage: simulation
+rule conversations_real_dev:
+    input:
+        data=["data/real_voices"],
+        code=["echo/pipeline/steps.py", "echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py", "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py", "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/simulate/channels.py", "echo/metrics/der.py"],
+    output:
+        directory("data/sim/real/dev"),
+        "results/figures/real_dev.png",
+        metrics=["results/simulation/real_dev.json"],
+    params:
+        slice=params_slice(config, ["simulation.conversations", "simulation.sets.real_dev"]),
+    log:
+        "logs/conversations_real_dev.log",
+    benchmark:
+        "logs/benchmarks/conversations_real_dev.tsv"
+    threads: 1
+    resources:
+        gpu=0,
+    shell:
+        "python -m echo.pipeline run conversations_real_dev > {log} 2>&1"
+
+
+# stage: simulation
+rule conversations_real_test:
+    input:
+        data=["data/real_voices"],
+        code=["echo/pipeline/steps.py", "echo/simulate/conversations.py", "echo/simulate/mixtures.py", "echo/simulate/room.py", "echo/simulate/utterances.py", "echo/simulate/shards.py", "echo/simulate/stats.py", "echo/simulate/rttm.py", "echo/simulate/sets.py", "echo/simulate/channels.py", "echo/metrics/der.py"],
+    output:
+        directory("data/sim/real/test"),
+        "results/figures/real_test.png",
+        metrics=["results/simulation/real_test.json"],
+    params:
+        slice=params_slice(config, ["simulation.conversations", "simulation.sets.real_test"]),
+    log:
+        "logs/conversations_real_test.log",
+    benchmark:
+        "logs/benchmarks/conversations_real_test.tsv"
+    threads: 1
+    resources:
+        gpu=0,
+    shell:
+        "python -m echo.pipeline run conversations_real_test > {log} 2>&1"
+
+
 # stage: pretrain
 rule pretrain:
     input:
@@ -521,6 +585,27 @@ rule diarization_channels:
 
 
 # stage: evaluation
+rule diarization_real:
+    input:
+        data=["models/echo", "data/sim/real/dev", "data/sim/real/test"],
+        code=["echo/pipeline/steps.py", "echo/evaluate/diarize.py", "echo/diarization/diarizer.py", "echo/diarization/backend.py", "echo/diarization/plda.py", "echo/diarization/ahc.py", "echo/diarization/vbx.py", "echo/heads/segmentation.py", "echo/metrics/der.py", "echo/inference.py", "echo/audio.py"],
+    output:
+        "results/rttm/real_test_blind.rttm",
+        metrics=["results/diarization_real.json"],
+    params:
+        slice=params_slice(config, ["evaluation.bootstrap"]),
+    log:
+        "logs/diarization_real.log",
+    benchmark:
+        "logs/benchmarks/diarization_real.tsv"
+    threads: 2
+    resources:
+        gpu=0,
+    shell:
+        "python -m echo.pipeline run diarization_real > {log} 2>&1"
+
+
+# stage: evaluation
 rule separation:
     input:
         data=["models/stages/separation", "models/stages/phonetic", "data/sim/mixtures/test", "models/pretrain"],
@@ -544,7 +629,7 @@ rule separation:
 # stage: report
 rule tables:
     input:
-        data=["results/corpus_stats.json", "results/diarization_tuning.json", "results/diarization.json", "results/diarization_seeds.json", "results/diarization_channels.json", "results/separation.json", "results/abilities/pretrain.json", "results/abilities/speaker.json", "results/abilities/phonetic.json", "results/abilities/routing.json", "results/simulation/conversations_train.json", "results/simulation/conversations_dev.json", "results/simulation/conversations_test.json", "results/simulation/mixtures_train.json", "results/simulation/mixtures_dev.json", "results/simulation/mixtures_test.json", "models/pretrain", "models/stages/speaker", "models/stages/phonetic", "models/stages/routing", "models/stages/segmentation", "models/stages/separation"],
+        data=["results/corpus_stats.json", "results/diarization_tuning.json", "results/diarization.json", "results/diarization_seeds.json", "results/diarization_channels.json", "results/diarization_real.json", "results/real_voices.json", "results/separation.json", "results/abilities/pretrain.json", "results/abilities/speaker.json", "results/abilities/phonetic.json", "results/abilities/routing.json", "results/simulation/conversations_train.json", "results/simulation/conversations_dev.json", "results/simulation/conversations_test.json", "results/simulation/mixtures_train.json", "results/simulation/mixtures_dev.json", "results/simulation/mixtures_test.json", "results/simulation/real_dev.json", "results/simulation/real_test.json", "models/pretrain", "models/stages/speaker", "models/stages/phonetic", "models/stages/routing", "models/stages/segmentation", "models/stages/separation"],
         code=["echo/pipeline/steps.py", "echo/pipeline/report.py"],
     output:
         "results/tables.md",

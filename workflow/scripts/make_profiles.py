@@ -22,7 +22,8 @@ TINY = {
                         "conversations_test": {"k": [1, 2, 3, 4, 5], "n_per_k": 1},
                         "mixtures_train": {"k": [1, 2, 3, 4], "n_per_k": 12},
                         "mixtures_dev": {"k": [1, 2, 3, 4], "n_per_k": 2},
-                        "mixtures_test": {"k": [1, 2, 3, 4], "n_per_k": 3}},
+                        "mixtures_test": {"k": [1, 2, 3, 4], "n_per_k": 3},
+                        "real_dev": {"k": [1, 2], "n_per_k": 1}, "real_test": {"k": [1, 2, 3], "n_per_k": 1}},
     "encoder": dict(depth=2, mlp_dim=512),
     "pretrain": dict(steps=12, batch_size=8, crop_frames=100, warmup_steps=4, checkpoint_every=6, log_every=4),
     "pretrain.predictor": dict(depth=1, mlp_dim=256),
@@ -43,6 +44,7 @@ TINY = {
     "evaluation.separation.bootstrap": dict(n_boot=100),
     "evaluation.bootstrap": dict(n_boot=100),
     "evaluation.channels": dict(conditions=["clean", "gsm", "mp3_24k", "clipped"]),
+    "evaluation.real_voices": dict(max_utts_per_voice=8),
     "seeds": dict(diarization=[0, 1]),  # one extra seed: the seed-runs node's whole path, cheaply
 }
 

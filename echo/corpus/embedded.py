@@ -9,13 +9,15 @@ Output directory (built in a temporary sibling and renamed into place whole)::
 
     manifest.parquet       one row per utterance (echo/corpus/manifest.py)
     audio/<speaker>.flac   16 kHz mono, the speaker's utterances back to back
-    speakers.json          every identity's synthesis settings and split
+    speakers.json          every identity's synthesis settings, split and session colours
     config.json            the resolved EmbeddedCorpusConfig
 
 Per utterance: espeak-ng speaks the sentence (22.05 kHz) and reports the start sample of every
 phone; the audio is resampled to 16 kHz as if it had been recorded at the speaker's
 ``warp_rate`` (vocal-tract warp), padded with a random stretch of silence at both ends, coloured
-by the speaker's channel and given a noise floor. Phone starts are carried through the same
+by the session's channel and given a noise floor (a train speaker's utterances fall into
+``train_sessions`` sessions of consecutive utterances, each with its own colour; dev and test
+speakers have one). Phone starts are carried through the same
 resampling and padding, so the alignment is exact at 16 kHz up to one-sample rounding; it is
 checked to tile the audio before anything is written.
 
@@ -37,7 +39,7 @@ from echo.audio import SAMPLE_RATE, resample, write_flac
 from echo.corpus import manifest
 from echo.corpus.espeak import phone_segments, synthesize
 from echo.corpus.manifest import SILENCE
-from echo.corpus.speakers import EQ_BANDS_HZ, ChannelColour, SpeakerIdentity, sample_identities
+from echo.corpus.speakers import EQ_BANDS_HZ, ChannelColour, SpeakerIdentity, sample_identities, session_colours
 from echo.corpus.texts import generate_sentences
 from echo.errors import EchoError
 from echo.io import atomic_dir, write_json, write_parquet
@@ -69,6 +71,11 @@ class EmbeddedCorpusConfig:
         min_pad_s: shortest silence added before and after each utterance, seconds.
         max_pad_s: longest such silence, seconds.
         processes: worker processes synthesising speakers in parallel (results do not depend on it).
+        train_sessions: recording sessions per TRAIN speaker, each with its own channel colour
+            (:func:`~echo.corpus.speakers.session_colours`; consecutive utterances share a session,
+            at most one session per utterance). Dev and test speakers have one session, so those
+            sets do not change with this key. 1 = one colour per speaker, which lets the speaker
+            head learn the colour as identity.
     """
 
     seed: int = field(default=0, metadata=rule(ge=0))
@@ -81,6 +88,7 @@ class EmbeddedCorpusConfig:
     min_pad_s: float = field(default=0.05, metadata=rule(ge=0.0, le=2.0))
     max_pad_s: float = field(default=0.30, metadata=rule(ge=0.0, le=2.0))
     processes: int = field(default=2, metadata=rule(ge=1, le=64))
+    train_sessions: int = field(default=4, metadata=rule(ge=1, le=1000))
 
     def __post_init__(self):
         check_fields(self)
@@ -137,7 +145,7 @@ def check_alignment(segments: list[tuple[str, int, int]], num_samples: int, wher
 
 
 def render_utterance(ident: SpeakerIdentity, text: str, seed: int, min_pad_s: float = 0.05,
-                     max_pad_s: float = 0.30, fir: np.ndarray | None = None
+                     max_pad_s: float = 0.30, fir: np.ndarray | None = None, channel: ChannelColour | None = None
                      ) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
     """Synthesise one utterance of ``ident`` at 16 kHz with its phone alignment.
 
@@ -147,7 +155,8 @@ def render_utterance(ident: SpeakerIdentity, text: str, seed: int, min_pad_s: fl
         seed: utterance seed (espeak's noise, padding lengths, noise floor).
         min_pad_s: shortest silence padding at each end, seconds.
         max_pad_s: longest silence padding at each end, seconds.
-        fir: the speaker's :func:`channel_filter` taps (computed when ``None``).
+        fir: the taps of ``channel``'s :func:`channel_filter` (computed when ``None``).
+        channel: the session's colour (``ident.channel`` when ``None``).
 
     Returns:
         ``(audio, segments)``: float32 mono audio at 16 kHz and ``(phone, start, end)`` segments
@@ -173,7 +182,7 @@ def render_utterance(ident: SpeakerIdentity, text: str, seed: int, min_pad_s: fl
     where = f"{ident.speaker} {text[:40]!r}"
     check_alignment(segments, x.size, where)
 
-    ch = ident.channel
+    ch = ident.channel if channel is None else channel
     fir = channel_filter(ch) if fir is None else fir
     y = oaconvolve(x, fir, mode="same")
     s0, s1 = _speech_extent(segments)
@@ -200,10 +209,14 @@ def _utterance_seed(seed: int, speaker_index: int, utt_index: int) -> int:
 def _render_speaker(job: dict) -> list[dict]:
     """Worker: synthesise all utterances of one speaker, write its FLAC shard, return manifest rows."""
     ident: SpeakerIdentity = job["identity"]
-    fir = channel_filter(ident.channel)
+    colours = job["colours"]
+    firs = [channel_filter(c) for c in colours]
+    n_utts = len(job["utterances"])
     rows, chunks, offset = [], [], 0
-    for utt_id, text, seed in job["utterances"]:
-        audio, segs = render_utterance(ident, text, seed, job["min_pad_s"], job["max_pad_s"], fir)
+    for k, (utt_id, text, seed) in enumerate(job["utterances"]):
+        session = k * len(colours) // n_utts  # consecutive utterances share a session
+        audio, segs = render_utterance(ident, text, seed, job["min_pad_s"], job["max_pad_s"], firs[session],
+                                       colours[session])
         s0, s1 = _speech_extent(segs)
         rows.append({
             "utt_id": utt_id, "speaker": ident.speaker, "split": job["split"], "source": "embedded",
@@ -242,11 +255,15 @@ def build_embedded_corpus(cfg: EmbeddedCorpusConfig, out_dir: Path, hook: Hook |
     texts = generate_sentences(cfg.n_speakers * cfg.utts_per_speaker, cfg.seed, cfg.min_words, cfg.max_words)
     log.info("embedded corpus: %d speakers x %d utterances -> %s", cfg.n_speakers, cfg.utts_per_speaker, out_dir)
     with atomic_dir(out_dir) as tmp:
-        jobs = []
+        jobs, sessions = [], {}
         for i, (ident, split) in enumerate(zip(idents, splits)):
             utts = [(f"{ident.speaker}-{k:03d}", texts[i * cfg.utts_per_speaker + k], _utterance_seed(cfg.seed, i, k))
                     for k in range(cfg.utts_per_speaker)]
-            jobs.append({"identity": ident, "split": split, "utterances": utts, "rel_path": f"audio/{ident.speaker}.flac",
+            n_sessions = min(cfg.train_sessions, cfg.utts_per_speaker) if split == "train" else 1
+            colours = session_colours(ident, n_sessions, cfg.seed, i)
+            sessions[ident.speaker] = colours
+            jobs.append({"identity": ident, "split": split, "utterances": utts, "colours": colours,
+                         "rel_path": f"audio/{ident.speaker}.flac",
                          "out_dir": str(tmp), "min_pad_s": cfg.min_pad_s, "max_pad_s": cfg.max_pad_s})
         (tmp / "audio").mkdir()
         if cfg.processes == 1:
@@ -261,7 +278,9 @@ def build_embedded_corpus(cfg: EmbeddedCorpusConfig, out_dir: Path, hook: Hook |
                 df[col] = df[col].astype(dtype)
         df = manifest.validate(df, str(out_dir / "manifest.parquet"))
         write_parquet(df, tmp / "manifest.parquet")
-        write_json(tmp / "speakers.json", [dict(ident.to_dict(), split=split) for ident, split in zip(idents, splits)])
+        write_json(tmp / "speakers.json", [dict(ident.to_dict(), split=split,
+                                                 sessions=[asdict(c) for c in sessions[ident.speaker]])
+                                            for ident, split in zip(idents, splits)])
         write_json(tmp / "config.json", asdict(cfg))
     log.info("embedded corpus: %d utterances, %.2f h", len(df), df["duration"].sum() / 3600)
     return df

@@ -1,4 +1,4 @@
-"""Synthetic speaker identities: a fixed voice, accent, prosody, vocal-tract warp and channel per speaker.
+"""Synthetic speaker identities: a fixed voice, accent, prosody and vocal-tract warp per speaker; a channel per session.
 
 espeak-ng alone offers ~70 usable voice variants; one identity here combines a variant with an
 English accent, base pitch, pitch range, speaking rate, a vocal-tract warp (the 22.05 kHz output
@@ -6,6 +6,13 @@ is read as if sampled at ``warp_rate`` and resampled to 16 kHz, which scales eve
 pitch and the tempo by ``warp``) and a channel colour (a smooth random EQ curve between a
 high-pass and a low-pass edge, a level and a noise floor). The continuous parameters make
 identities distinct without making any single parameter give the speaker away.
+
+The colour belongs to a recording session, not to the voice: a speaker recorded in several
+sessions (:func:`session_colours`, ``corpus.embedded.train_sessions``) gets one colour per
+session, as a VoxCeleb speaker gets one channel per video. With one colour per speaker the colour
+is a label shortcut: measured on dev speakers at 1f54b14, filtering every utterance through the
+same telephone band moved the speaker head's mean non-target cosine from 0.21 to 0.80, i.e. the
+embedding had learnt the band edges and EQ as identity.
 """
 from __future__ import annotations
 
@@ -15,7 +22,8 @@ import numpy as np
 
 from echo.errors import ConfigError
 
-__all__ = ["ACCENTS", "VARIANTS", "EQ_BANDS_HZ", "ChannelColour", "SpeakerIdentity", "sample_identities"]
+__all__ = ["ACCENTS", "VARIANTS", "EQ_BANDS_HZ", "ChannelColour", "SpeakerIdentity", "sample_identities",
+           "sample_colour", "session_colours"]
 
 # English accents of espeak-ng 1.51 (`espeak-ng --voices=en`; "en" is British English, named by its
 # file gmw/en since espeak_SetVoiceByName does not know "en-gb"; MBROLA voices excluded: they need
@@ -145,14 +153,7 @@ def sample_identities(n: int, seed: int, prefix: str = "esp") -> list[SpeakerIde
     warp_lo = int(np.ceil(WARP_RANGE[0] * 22_050 / WARP_STEP_HZ))
     warp_hi = int(np.floor(WARP_RANGE[1] * 22_050 / WARP_STEP_HZ))
     while len(out) < n:
-        eq = np.clip(rng.normal(0.0, EQ_SD_DB, len(EQ_BANDS_HZ)), -EQ_MAX_DB, EQ_MAX_DB)
-        channel = ChannelColour(
-            highpass_hz=round(float(np.exp(rng.uniform(*np.log(HIGHPASS_RANGE)))), 1),
-            lowpass_hz=round(float(rng.uniform(*LOWPASS_RANGE)), 1),
-            eq_db=tuple(round(float(g), 2) for g in eq),
-            level_db=round(float(rng.uniform(*LEVEL_RANGE_DB)), 2),
-            noise_db=round(float(rng.uniform(*NOISE_RANGE_DB)), 2),
-        )
+        channel = sample_colour(rng)
         ident = SpeakerIdentity(
             speaker=f"{prefix}{len(out):04d}", accent=next(accents), variant=next(variants),
             pitch=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
@@ -166,3 +167,27 @@ def sample_identities(n: int, seed: int, prefix: str = "esp") -> list[SpeakerIde
         seen.add(_key(ident))
         out.append(ident)
     return out
+
+
+def sample_colour(rng: np.random.Generator) -> ChannelColour:
+    """Draw one channel colour (band edges, EQ, level, noise floor) from the module's ranges."""
+    eq = np.clip(rng.normal(0.0, EQ_SD_DB, len(EQ_BANDS_HZ)), -EQ_MAX_DB, EQ_MAX_DB)
+    return ChannelColour(
+        highpass_hz=round(float(np.exp(rng.uniform(*np.log(HIGHPASS_RANGE)))), 1),
+        lowpass_hz=round(float(rng.uniform(*LOWPASS_RANGE)), 1),
+        eq_db=tuple(round(float(g), 2) for g in eq),
+        level_db=round(float(rng.uniform(*LEVEL_RANGE_DB)), 2),
+        noise_db=round(float(rng.uniform(*NOISE_RANGE_DB)), 2),
+    )
+
+
+def session_colours(ident: SpeakerIdentity, n_sessions: int, seed: int, speaker_index: int) -> list[ChannelColour]:
+    """The channel colour of each of a speaker's ``n_sessions`` recording sessions.
+
+    Session 0 keeps the identity's own colour (so one session reproduces the one-colour corpus);
+    the others are drawn from the same ranges, deterministically for ``(seed, speaker_index)``.
+    """
+    if n_sessions < 1:
+        raise ConfigError(f"n_sessions: expected >= 1, got {n_sessions}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, speaker_index, 0xC0105E55]))
+    return [ident.channel] + [sample_colour(rng) for _ in range(n_sessions - 1)]

@@ -1,4 +1,5 @@
-"""The embedded espeak-ng corpus: byte determinism, splits, alignment/audio agreement, statistics."""
+"""The embedded espeak-ng corpus: byte determinism, splits, alignment/audio agreement, session colours, statistics."""
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -95,6 +96,33 @@ def test_alignment_tiles_audio_and_matches_its_energy(corpus):
         assert db(r.speech_start, r.speech_start + 2000) > db(lead[1], lead[2]) + 10, r.utt_id
 
 
+def test_train_speakers_have_a_colour_per_session_and_dev_test_do_not_change(corpus, tmp_path):
+    df = manifest.read(corpus / "manifest.parquet")
+    sessions = {s["speaker"]: s["sessions"] for s in json.loads((corpus / "speakers.json").read_text())}
+    for spk, part in df.groupby("speaker"):
+        colours = sessions[spk]
+        split = part["split"].iloc[0]
+        assert len(colours) == (2 if split == "train" else 1), spk  # min(train_sessions=4, 2 utterances)
+        if split == "train":
+            assert colours[0]["level_db"] != colours[1]["level_db"]
+            assert colours[0]["lowpass_hz"] != colours[1]["lowpass_hz"]
+        for k, r in enumerate(part.sort_values("utt_id").itertuples()):
+            # measured: each utterance's speech level is its own session's level, not the speaker's
+            colour = colours[k * len(colours) // len(part)]
+            x = read_segment(r.abs_path, r.start, r.num_samples).astype(np.float64)
+            if np.abs(x).max() >= 0.96:  # rescaled to keep the FLAC from clipping: level not kept
+                continue
+            level = 10 * np.log10(np.mean(x[r.speech_start:r.speech_end] ** 2))
+            assert level == pytest.approx(colour["level_db"], abs=0.3), r.utt_id
+    # one session per train speaker: dev and test audio are byte for byte what they were
+    one = tmp_path / "one"
+    build_embedded_corpus(replace(TINY, train_sessions=1), one)
+    a, b = _files(corpus), _files(one)
+    for spk, split in df.groupby("speaker")["split"].first().items():
+        name = f"audio/{spk}.flac"
+        assert (a[name] == b[name]) == (split != "train"), (spk, split)
+
+
 def test_alignment_check_rejects_bad_segments():
     good = [(SILENCE, 0, 10), ("a", 10, 20), (SILENCE, 20, 30)]
     check_alignment(good, 30, "x")
@@ -134,4 +162,6 @@ def test_config_validation():
         EmbeddedCorpusConfig(min_words=10, max_words=5)
     with pytest.raises(ConfigError, match="processes"):
         EmbeddedCorpusConfig(processes=0)
+    with pytest.raises(ConfigError, match="train_sessions"):
+        EmbeddedCorpusConfig(train_sessions=0)
     assert EmbeddedCorpusConfig().n_speakers == 240

@@ -60,3 +60,20 @@ def test_every_accent_and_variant_is_installed():
 def test_bad_n_raises():
     with pytest.raises(ConfigError):
         sample_identities(0, seed=0)
+
+
+def test_session_colours_keep_the_identity_colour_first_and_draw_the_rest_in_range():
+    ident = sample_identities(3, seed=0)[2]
+    cols = S.session_colours(ident, 5, seed=0, speaker_index=2)
+    assert len(cols) == 5 and cols[0] == ident.channel
+    assert len({c.lowpass_hz for c in cols}) == 5  # continuous draws: distinct
+    assert cols == S.session_colours(ident, 5, seed=0, speaker_index=2)
+    assert cols[1:] != S.session_colours(ident, 5, seed=0, speaker_index=3)[1:]
+    assert S.session_colours(ident, 1, seed=0, speaker_index=2) == [ident.channel]
+    for c in cols:
+        assert S.HIGHPASS_RANGE[0] <= c.highpass_hz <= S.HIGHPASS_RANGE[1]
+        assert S.LOWPASS_RANGE[0] <= c.lowpass_hz <= S.LOWPASS_RANGE[1]
+        assert S.LEVEL_RANGE_DB[0] <= c.level_db <= S.LEVEL_RANGE_DB[1]
+        assert max(abs(g) for g in c.eq_db) <= S.EQ_MAX_DB
+    with pytest.raises(ConfigError, match="n_sessions"):
+        S.session_colours(ident, 0, seed=0, speaker_index=2)

@@ -255,14 +255,13 @@ def build_embedded_corpus(cfg: EmbeddedCorpusConfig, out_dir: Path, hook: Hook |
     texts = generate_sentences(cfg.n_speakers * cfg.utts_per_speaker, cfg.seed, cfg.min_words, cfg.max_words)
     log.info("embedded corpus: %d speakers x %d utterances -> %s", cfg.n_speakers, cfg.utts_per_speaker, out_dir)
     with atomic_dir(out_dir) as tmp:
-        jobs, sessions = [], {}
+        jobs = []
         for i, (ident, split) in enumerate(zip(idents, splits)):
             utts = [(f"{ident.speaker}-{k:03d}", texts[i * cfg.utts_per_speaker + k], _utterance_seed(cfg.seed, i, k))
                     for k in range(cfg.utts_per_speaker)]
             n_sessions = min(cfg.train_sessions, cfg.utts_per_speaker) if split == "train" else 1
-            colours = session_colours(ident, n_sessions, cfg.seed, i)
-            sessions[ident.speaker] = colours
-            jobs.append({"identity": ident, "split": split, "utterances": utts, "colours": colours,
+            jobs.append({"identity": ident, "split": split, "utterances": utts,
+                         "colours": session_colours(ident, n_sessions, cfg.seed, i),
                          "rel_path": f"audio/{ident.speaker}.flac",
                          "out_dir": str(tmp), "min_pad_s": cfg.min_pad_s, "max_pad_s": cfg.max_pad_s})
         (tmp / "audio").mkdir()
@@ -278,9 +277,8 @@ def build_embedded_corpus(cfg: EmbeddedCorpusConfig, out_dir: Path, hook: Hook |
                 df[col] = df[col].astype(dtype)
         df = manifest.validate(df, str(out_dir / "manifest.parquet"))
         write_parquet(df, tmp / "manifest.parquet")
-        write_json(tmp / "speakers.json", [dict(ident.to_dict(), split=split,
-                                                 sessions=[asdict(c) for c in sessions[ident.speaker]])
-                                            for ident, split in zip(idents, splits)])
+        write_json(tmp / "speakers.json", [dict(job["identity"].to_dict(), split=job["split"],
+                                                 sessions=[asdict(c) for c in job["colours"]]) for job in jobs])
         write_json(tmp / "config.json", asdict(cfg))
     log.info("embedded corpus: %d utterances, %.2f h", len(df), df["duration"].sum() / 3600)
     return df

@@ -106,7 +106,7 @@ def default_bundle(path: Path, paper: bool = False, separator: bool = False) -> 
     from echo.heads.ctc import CTCConfig, CTCHead, PhoneInventory
     from echo.heads.router import SourceRouter
     from echo.heads.segmentation import SegmentationConfig, SegmentationHead
-    from echo.heads.separator import SeparatorConfig, SlotSeparator
+    from echo.heads.separator import SeparatorConfig, SpeakerSeparator
     from echo.heads.speaker import SpeakerConfig, SpeakerHead
     from echo.models.bundle import EchoModel
     from echo.models.vit import Encoder, EncoderConfig
@@ -118,7 +118,8 @@ def default_bundle(path: Path, paper: bool = False, separator: bool = False) -> 
                       speaker=SpeakerHead(SpeakerConfig(d_model=shape.dim)),
                       ctc=CTCHead(CTCConfig(d_model=shape.dim), PhoneInventory(phones)), router=SourceRouter(),
                       segmentation=SegmentationHead(SegmentationConfig(d_model=shape.dim)),
-                      separator=SlotSeparator(SeparatorConfig(d_model=shape.dim)) if separator else None)
+                      separator=SpeakerSeparator(SeparatorConfig(d_model=shape.dim, identity_dim=SpeakerConfig().emb_dim))
+                      if separator else None)
     rng = np.random.default_rng(0)
     emb = SpeakerConfig().emb_dim
     x = np.repeat(rng.normal(size=(200, emb)), 10, 0) + 0.5 * rng.normal(size=(2000, emb))

@@ -1,29 +1,24 @@
 """Speaker separation of whole recordings: one waveform per diarized speaker, of any length.
 
-The separation stage's model (:meth:`echo.models.bundle.EchoModel.separate`: encoder, router and
-slot separator) works on mixtures of a few seconds, and its slots are unordered: slot 0 of one
-chunk and slot 0 of the next need not be the same person. A recording is therefore separated in
-three steps:
+The separation stage's model (:meth:`echo.models.bundle.EchoModel.separate`: encoder and speaker
+separator) renders the speakers whose identities it is given from a mixture of a few seconds. A
+recording is separated in three steps:
 
 1. diarize it with the :class:`~echo.diarization.diarizer.Diarizer` (the one ``echo diarize`` and
    the evaluation use), which gives the speakers of the whole recording, their activity and one
    unit speaker embedding each;
 2. cut the waveform into consecutive chunks of ``chunk_s`` seconds (the training mixtures'
-   length; the last chunk is zero-padded for the model and cropped back) and separate each; a
-   chunk where the diarization hears exactly one speaker is that speaker's as it is (step 3 would
-   give every slot to them, and the slots sum to the chunk), so the model only runs where two or
-   more speakers, or none, are heard;
-3. give each chunk's rendered slots to the diarization's speakers (:func:`assign_slots`): the
-   speaker-head embedding of a slot's latent against the speakers' embeddings, one-to-one among
-   the speakers active in the chunk (Hungarian), extra slots to their most similar active speaker,
-   every slot to its most similar speaker when nobody is active there. Every rendered slot goes
-   to someone, so the speakers' waveforms sum to the input (the separator's masks sum to one).
+   length; the last chunk is zero-padded for the model and cropped back); a chunk where the
+   diarization hears exactly one speaker is that speaker's as it is (the masks of one rendered
+   speaker are 1), so the model only runs where two or more speakers, or none, are heard;
+3. render, in each such chunk, the speakers the diarization hears there (every speaker when it
+   hears nobody) from their embeddings. The identity is the same in every chunk, so speaker ``j``
+   of one chunk is speaker ``j`` of the next with no linking step, and the masks sum to one over
+   the rendered speakers, so the speakers' waveforms sum to the input.
 
 Only one batch of chunks is in the model at a time, so memory does not grow with the recording
-beyond the outputs themselves (S x samples float32, 230 MB per speaker-hour). The chunk loop and
-the slot-to-speaker linking are hand-written: no separation library links K-set slots to a
-diarization's speakers; the matching itself is scipy's ``linear_sum_assignment`` (through
-:func:`~echo.diarization.diarizer.constrained_assignment`).
+beyond the outputs themselves (S x samples float32, 230 MB per speaker-hour). The chunk loop is
+hand-written: no separation library renders a diarization's speakers chunk by chunk.
 
 Example::
 
@@ -41,11 +36,11 @@ import numpy as np
 import torch
 from pyannote.core import Annotation
 
-from echo.diarization.diarizer import Diarizer, DiarizeOutput, constrained_assignment
+from echo.diarization.diarizer import Diarizer, DiarizeOutput
 from echo.errors import EchoError
 from echo.progress import Hook
 
-__all__ = ["Separator", "SeparationOutput", "assign_slots", "chunk_speech"]
+__all__ = ["Separator", "SeparationOutput", "chunk_speech"]
 
 NO_SEPARATOR = "no separator; expected a model from the separation stage (models/echo)"
 
@@ -83,28 +78,6 @@ def chunk_speech(annotation: Annotation, labels: list[str], bounds: np.ndarray) 
         for seg in annotation.label_timeline(lab):
             speech[:, j] += np.clip(np.minimum(seg.end, bounds[:, 1]) - np.maximum(seg.start, bounds[:, 0]), 0, None)
     return speech
-
-
-def assign_slots(slot_embeddings: np.ndarray, speaker_embeddings: np.ndarray, active: np.ndarray) -> np.ndarray:
-    """The speaker each of a chunk's rendered slots belongs to.
-
-    Slots and speakers are matched one-to-one by cosine among the speakers ``active`` in the chunk
-    (Hungarian); a slot left over (the router found more sources than the diarization) joins its
-    most similar active speaker; with no active speaker, every slot joins its most similar speaker.
-
-    Args:
-        slot_embeddings: ``(A, E)`` speaker embeddings of the rendered slots.
-        speaker_embeddings: ``(S, E)`` the diarization's unit speaker embeddings (S >= 1).
-        active: ``(S,)`` bool, who talks in the chunk.
-
-    Returns:
-        ``(A,)`` speaker index per slot.
-    """
-    a = slot_embeddings / np.maximum(np.linalg.norm(slot_embeddings, axis=1, keepdims=True), 1e-12)
-    cos = a @ speaker_embeddings.T
-    candidates = np.flatnonzero(active) if np.any(active) else np.arange(len(speaker_embeddings))
-    pick = constrained_assignment(cos[:, candidates], np.zeros(len(a), np.int64))
-    return candidates[pick]
 
 
 class Separator:
@@ -186,8 +159,8 @@ class Separator:
         for c, lo in enumerate(starts):
             piece = np.array(wave[lo:lo + size], np.float32)  # a copy: a BlockReader slice views its buffer
             if active[c].sum() == 1:
-                # one speaker heard: every rendered slot would be theirs (assign_slots), and the
-                # slots sum to the chunk, so the chunk is theirs without running the model
+                # one speaker heard: their mask would be 1 everywhere, so the chunk is theirs
+                # without running the model
                 sources[np.flatnonzero(active[c])[0], lo:lo + len(piece)] = piece
             else:
                 pending.append((c, piece))
@@ -199,29 +172,17 @@ class Separator:
 
     def _render(self, pending, starts: np.ndarray, size: int, active: np.ndarray, speakers: np.ndarray,
                 sources: np.ndarray) -> None:
-        """Separate a batch of chunks with the model and add each rendered slot to its speaker."""
+        """Separate a batch of chunks with the model: each chunk's heard speakers (everyone when
+        nobody is heard) rendered from their embeddings, added to their waveforms."""
         if not pending:
             return
         x = np.zeros((len(pending), size), np.float32)  # the last chunk: zero-padded, cropped back below
-        for i, (_, piece) in enumerate(pending):
-            x[i, :len(piece)] = piece
-        lengths = np.array([len(piece) for _, piece in pending])
-        waves, routing = self.model.separate(torch.from_numpy(x).to(next(self.model.parameters()).device))
-        slot_emb = self._slot_embeddings(routing, lengths, size)
-        waves, rendered = waves.float().cpu().numpy(), routing.active.cpu().numpy()
+        render = np.zeros((len(pending), len(speakers)), bool)
         for i, (c, piece) in enumerate(pending):
-            slots = np.flatnonzero(rendered[i])
+            x[i, :len(piece)] = piece
+            render[i] = active[c] if active[c].any() else True
+        ident = torch.from_numpy(np.repeat(np.asarray(speakers, np.float32)[None], len(pending), 0))
+        waves = self.model.separate(torch.from_numpy(x), ident, torch.from_numpy(render)).float().cpu().numpy()
+        for i, (c, piece) in enumerate(pending):
             lo = starts[c]
-            for k, s in zip(slots, assign_slots(slot_emb[i][slots], speakers, active[c])):
-                sources[s, lo:lo + len(piece)] += waves[i, k, :len(piece)]
-
-    def _slot_embeddings(self, routing, lengths: np.ndarray, size: int) -> np.ndarray:
-        """``(B, k_max, E)`` speaker embeddings of every slot latent, pooled over the tokens that
-        cover real samples (not the last chunk's zero padding): a slot is trained to be the
-        encoder latent of its isolated source, which the speaker head embeds like any latent."""
-        b, k, t, d = routing.slots.shape
-        real = np.ceil(lengths / size * t).astype(np.int64)
-        mask = torch.arange(t)[None] < torch.from_numpy(real)[:, None]  # (B, T)
-        mask = mask.to(routing.slots.device).repeat_interleave(k, 0)
-        emb = self.model.embed_speaker(routing.slots.reshape(b * k, t, d), mask)
-        return emb.float().cpu().numpy().reshape(b, k, -1)
+            sources[:, lo:lo + len(piece)] += waves[i, :, :len(piece)]

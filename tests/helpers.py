@@ -34,7 +34,7 @@ def tiny_diarizer(phones=("a", "b", "c")):
     from echo.heads.ctc import CTCConfig, CTCHead, PhoneInventory
     from echo.heads.router import RouterConfig, SourceRouter
     from echo.heads.segmentation import SegmentationConfig, SegmentationHead
-    from echo.heads.separator import SeparatorConfig, SlotSeparator
+    from echo.heads.separator import SeparatorConfig, SpeakerSeparator
     from echo.heads.speaker import SpeakerConfig, SpeakerHead
     from echo.models.bundle import EchoModel
     from echo.models.vit import Encoder, EncoderConfig
@@ -46,7 +46,7 @@ def tiny_diarizer(phones=("a", "b", "c")):
         ctc=CTCHead(CTCConfig(d_model=D, hidden_dim=16, num_layers=0), PhoneInventory(tuple(phones))),
         router=SourceRouter(RouterConfig(d_model=D, k_max=3, width=16, num_layers=1, num_heads=2)),
         segmentation=SegmentationHead(SegmentationConfig(d_model=D, width=16, num_layers=1)),
-        separator=SlotSeparator(SeparatorConfig(d_model=D, width=16, hidden=16, num_blocks=2, slot_attention_every=1,
+        separator=SpeakerSeparator(SeparatorConfig(d_model=D, identity_dim=E, width=16, hidden=16, num_blocks=2, slot_attention_every=1,
                                                 num_heads=2)))
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(8, E))

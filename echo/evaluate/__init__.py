@@ -39,7 +39,7 @@ class ModelParts:
         vq_ctc: CTC head through the VQ bottleneck, or None.
         router: source router ``(latents, mask) -> RouterOutput``, or None.
         segmentation: local speaker segmentation ``(latents, mask) -> powerset logits``, or None.
-        separator: slot separator ``(mixture, slots, mixture latent, active) -> waveforms``, or None.
+        separator: speaker separator ``(mixture, identities, mixture latent, active) -> waveforms``, or None.
     """
 
     encoder: nn.Module

@@ -232,7 +232,7 @@ def plot_separation(mixture: np.ndarray, separated: np.ndarray, references: np.n
     """Log-mel spectrograms: the mixture (top), then each separated source beside a clean source.
 
     Args:
-        mixture: ``(N,)`` waveform; separated: ``(S, N)`` the rendered slots; references:
+        mixture: ``(N,)`` waveform; separated: ``(S, N)`` the rendered speakers; references:
             ``(K, N)`` the clean sources (shown in their own order; the rows are not matched).
         frontend: the :class:`~echo.features.FrontEnd` to draw with (default settings if None).
     """

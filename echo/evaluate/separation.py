@@ -18,6 +18,17 @@ For each mixture (:class:`echo.simulate.mixtures.MixtureSet`, all of one length)
 Corpus numbers: count accuracy (+ confusion matrix, rows true K), PIT accuracy = correct sources /
 reference sources, mean SI-SDR / SI-SDRi over matched sources; each overall and by K, with 95%
 bootstrap intervals over mixtures (ratios of per-mixture sums, so every source weighs the same).
+
+Waveform separation (a model with the separation stage's speaker separator), two ways, each
+scored by :func:`echo.metrics.separation.evaluate_waveforms` (Hungarian matching on waveform
+SI-SDR, missed and extra sources counted):
+
+- ``waveform`` (the blind figure): the deployable diarizer diarizes the mixture (K never given);
+  each speaker it finds is rendered from its speaker embedding, as ``echo separate`` does; with
+  no speaker found the whole mixture is one source;
+- ``waveform_clean_activity`` (a diagnostic, never used to choose anything): each true source is
+  rendered from its identity pooled where the CLEAN sources say it talks alone (the separation
+  stage's training condition), so the gap between the two is what the blind identity costs.
 """
 from __future__ import annotations
 
@@ -35,7 +46,6 @@ from echo.config import check_fields, rule
 from echo.errors import EchoError
 from echo.evaluate import model_parts
 from echo.features import FrontEnd
-from echo.heads.router import rendered_slots
 from echo.metrics.bootstrap import BootstrapConfig, bootstrap_ci
 from echo.metrics.separation import evaluate_separation, evaluate_waveforms, speaker_count_accuracy
 from echo.progress import Hook
@@ -67,29 +77,34 @@ class SeparationConfig:
         check_fields(self)
 
 
+WAVE_BLOCKS = {"wave": "waveform", "wave_clean": "waveform_clean_activity"}  # row key -> summary key
+
+
 def score_mixture(slots: np.ndarray, active: np.ndarray, references: np.ndarray, mixture: np.ndarray,
-                  mix_id: str = "", waves: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict:
+                  mix_id: str = "", waves: dict[str, tuple] | None = None) -> dict:
     """One mixture's row: matching, correctness and SI-SDR(i) of its matched sources.
 
     Args:
         slots: ``(S, T, D)`` slot latents; active: ``(S,)`` bool; references: ``(K, T, D)``;
         mixture: ``(T, D)`` the mixture's own latent (the SI-SDRi baseline).
-        waves: ``(estimates (S, N), rendered (S,) bool, clean sources (K, N), mixture (N,))``
-            when the model has a separator (``rendered``: the active slots, or the most probable
-            one where none is): scored by :func:`~echo.metrics.separation.evaluate_waveforms` (its
-            own matching on waveform SI-SDR) under ``"wave"``.
+        waves: ``{"wave" | "wave_clean": (estimates (S, N), rendered (S,) bool, clean sources
+            (K, N), mixture (N,))}`` when the model has a separator: each scored by
+            :func:`~echo.metrics.separation.evaluate_waveforms` (its own matching on waveform
+            SI-SDR) under its key.
 
     Returns:
         ``{"mix_id", "k", "k_hat", "n_correct", "n_unmatched", "n_extra", "si_sdr", "si_sdri"}``
-        (the last two: lists over matched sources, in reference order), plus ``"wave"``.
+        (the last two: lists over matched sources, in reference order), plus each ``waves`` key
+        (``k_hat``: the rendered sources).
     """
     r = evaluate_separation(slots, active, references, mixture)
     row = {"mix_id": mix_id, "k": r["k"], "k_hat": r["n_active"], "n_correct": r["n_correct"],
            "n_unmatched": r["n_unmatched"], "n_extra": r["n_extra"], "si_sdr": list(r["si_sdr"]),
            "si_sdri": list(r["si_sdri"])}
-    if waves is not None:
-        w = evaluate_waveforms(*waves)
-        row["wave"] = {key: w[key] for key in ("n_unmatched", "n_extra", "si_sdr", "si_sdri")}
+    for name, args in (waves or {}).items():
+        w = evaluate_waveforms(*args)
+        row[name] = {key: w[key] for key in ("n_unmatched", "n_extra", "si_sdr", "si_sdri")}
+        row[name]["k_hat"] = int(np.sum(args[1]))
     return row
 
 
@@ -121,14 +136,18 @@ def _block(rows: list[dict], b: BootstrapConfig) -> dict:
         "si_sdr": _ratio(sdr, nm), "si_sdr_ci": _ci(sdr, nm, b),
         "si_sdri": _ratio(sdri, nm), "si_sdri_ci": _ci(sdri, nm, b),
     }
-    if rows and "wave" in rows[0]:
-        w = [r["wave"] for r in rows]
+    for name, key in WAVE_BLOCKS.items():
+        if not rows or name not in rows[0]:
+            continue
+        w = [r[name] for r in rows]
         wsdr = np.array([sum(x["si_sdr"]) for x in w], float)
         wsdri = np.array([sum(x["si_sdri"]) for x in w], float)
         wn = np.array([len(x["si_sdr"]) for x in w], float)
-        out["waveform"] = {
+        whit = np.array([x["k_hat"] == r["k"] for x, r in zip(w, rows)], float)
+        out[key] = {
             "n_matched": int(wn.sum()), "n_missed": int(sum(x["n_unmatched"] for x in w)),
             "n_extra": int(sum(x["n_extra"] for x in w)),
+            "count_accuracy": float(whit.mean()), "count_accuracy_ci": _ci(whit, ones, b),
             "si_sdr": _ratio(wsdr, wn), "si_sdr_ci": _ci(wsdr, wn, b),
             "si_sdri": _ratio(wsdri, wn), "si_sdri_ci": _ci(wsdri, wn, b),
             # every reference source, a missed one scored as the mixture itself (0 dB improvement)
@@ -145,9 +164,10 @@ def summarise_separation(rows: Sequence[dict], bootstrap: BootstrapConfig = Boot
         ``*_ci``; counts of sources/matched/unmatched/extra), plus ``count`` (``labels``,
         ``confusion`` rows = true K), ``by_k`` (``{"2": block}``), ``multi_speaker`` (the block of
         every mixture with K >= 2) and ``per_mixture`` (rows with per-mixture mean SI-SDR/SI-SDRi).
-        With waveform rows each block has ``waveform``: matched/missed/extra counts, waveform
-        ``si_sdr``/``si_sdri`` over matched sources and ``si_sdri_all_sources`` (a missed source
-        scored as the mixture, 0 dB). Rates are fractions, SI-SDR in dB.
+        With waveform rows each block has ``waveform`` (and ``waveform_clean_activity``):
+        matched/missed/extra counts, the rendered count's accuracy, waveform ``si_sdr``/``si_sdri``
+        over matched sources and ``si_sdri_all_sources`` (a missed source scored as the mixture,
+        0 dB). Rates are fractions, SI-SDR in dB.
     """
     rows = list(rows)
     out = _block(rows, bootstrap)
@@ -160,7 +180,8 @@ def summarise_separation(rows: Sequence[dict], bootstrap: BootstrapConfig = Boot
         {key: r[key] for key in ("mix_id", "k", "k_hat", "n_correct", "n_unmatched", "n_extra")}
         | {"si_sdr_mean": float(np.mean(r["si_sdr"])) if r["si_sdr"] else math.nan,
            "si_sdri_mean": float(np.mean(r["si_sdri"])) if r["si_sdri"] else math.nan}
-        | ({"wave_si_sdri_mean": float(np.mean(r["wave"]["si_sdri"])) if r["wave"]["si_sdri"] else math.nan}
+        | ({"wave_k_hat": r["wave"]["k_hat"],
+            "wave_si_sdri_mean": float(np.mean(r["wave"]["si_sdri"])) if r["wave"]["si_sdri"] else math.nan}
            if "wave" in r else {})
         for r in rows]
     # the issue's "K = 2..4" figure: every mixture with more than one source
@@ -168,10 +189,32 @@ def summarise_separation(rows: Sequence[dict], bootstrap: BootstrapConfig = Boot
     return out
 
 
+def _render(separator, mixture: torch.Tensor, latent: torch.Tensor, identities: list[np.ndarray]):
+    """Each mixture's speakers rendered from their identities ``(K_i, E)`` (K_i >= 1):
+    ``(B, S, N)`` waveforms and the ``(B, S)`` rendered mask."""
+    s = max(len(x) for x in identities)
+    ident = torch.zeros(len(identities), s, separator.config.identity_dim)
+    render = torch.zeros(len(identities), s, dtype=torch.bool)
+    for i, x in enumerate(identities):
+        ident[i, :len(x)] = torch.as_tensor(np.asarray(x, np.float32))
+        render[i, :len(x)] = True
+    dev = mixture.device
+    waves = separator(mixture, ident.to(dev), latent, render.to(dev)).float().cpu().numpy()
+    return waves, render.numpy()
+
+
+def _blind_identities(diarizer, item) -> np.ndarray:
+    """The speaker embeddings the diarizer finds in one mixture; one zero identity (the whole
+    mixture is one source) when it finds nobody."""
+    out = diarizer(np.asarray(item.mixture, np.float32), uri=str(item.mix_id))
+    emb = np.asarray(out.speaker_embeddings, np.float32)
+    return emb if len(emb) else np.zeros((1, diarizer.model.separator.config.identity_dim), np.float32)
+
+
 @torch.no_grad()
 def evaluate_routing(model: Any, mixtures, target_encoder: torch.nn.Module | None = None,
                      config: SeparationConfig = SeparationConfig(), frontend: FrontEnd | None = None,
-                     hook: Hook | None = None, figure: str | None = None) -> dict:
+                     hook: Hook | None = None, figure: str | None = None, diarizer: Any = None) -> dict:
     """Route every test mixture and score it (see the module docstring for the exact targets).
 
     Args:
@@ -185,20 +228,31 @@ def evaluate_routing(model: Any, mixtures, target_encoder: torch.nn.Module | Non
         config: :class:`SeparationConfig`.
         frontend: log-mel front-end (default: the bundle's, else the default one).
         hook: progress callback ``hook("routing", completed=batches done, total=batches)``.
-        figure: with a separator, write the spectrograms of the first two-source mixture (mixture,
-            separated, clean) to this PNG.
+        figure: with a separator and a diarizer, write the spectrograms of the first two-source
+            mixture (mixture, blindly separated, clean) to this PNG.
+        diarizer: the deployable :class:`~echo.diarization.diarizer.Diarizer` (its model has the
+            separator): gives the blind ``waveform`` block. Without it only
+            ``waveform_clean_activity`` is scored.
 
     Returns:
         :func:`summarise_separation`'s dict plus ``threshold``, ``wall_s`` and ``target``.
     """
+    from echo.stages.separation import SeparationStageConfig, solo_identities, token_activity
+
     parts = model_parts(model)
     if parts.router is None:
         raise EchoError("evaluate separation: the model has no router; expected the routing-stage bundle")
+    separator = parts.separator
+    if separator is not None and parts.speaker is None:
+        raise EchoError("evaluate separation: the model has a separator but no speaker head to give identities")
     frontend = frontend or getattr(model, "frontend", None) or FrontEnd()
     target = target_encoder if target_encoder is not None else parts.encoder
     if target_encoder is None:
         log.warning("evaluate separation: no target encoder given; using the evaluated encoder as the reference")
     target.eval()
+    # the separation stage's activity settings (how its training identities were pooled)
+    stage = SeparationStageConfig(**{k: v for k, v in getattr(model, "meta", {}).get("stages", {}).get(
+        "separation", {}).get("config", {}).items() if k in ("active_rms", "min_solo_tokens")})
     dev = parts.device
     n = len(mixtures)
     idx = spread_indices(n, config.max_mixtures).tolist()
@@ -216,19 +270,28 @@ def evaluate_routing(model: Any, mixtures, target_encoder: torch.nn.Module | Non
         slots = routed.slots.float().cpu().numpy()
         mix_lat = out.features.float().cpu().numpy()
         refs = target(srcs).features.float().cpu().numpy()
-        waves = None
-        if parts.separator is not None:  # render every active slot (the most probable one if none is)
-            render = rendered_slots(torch.from_numpy(active), routed.exist_logits.float().cpu())
+        waves: list[dict] = [{} for _ in items]
+        if separator is not None:
             mix_wave = torch.from_numpy(np.stack([it.mixture for it in items])).to(dev)
-            waves = parts.separator(mix_wave, routed.slots, out.features, render.to(dev)).float().cpu().numpy()
-            if figure_item is None:
-                figure_item = next(((it, waves[j], render[j].numpy()) for j, it in enumerate(items)
-                                    if len(it.sources) == 2), None)
+            patch = parts.encoder.cfg.patch_frames * frontend.hop_length
+            clean = [solo_identities(parts.speaker, out.features[j],
+                                     token_activity(it.sources, patch, out.features.shape[1], stage.active_rms),
+                                     stage.min_solo_tokens).numpy() for j, it in enumerate(items)]
+            est, render = _render(separator, mix_wave, out.features, clean)
+            for j, it in enumerate(items):
+                waves[j]["wave_clean"] = (est[j], render[j], it.sources, it.mixture)
+            if diarizer is not None:
+                est, render = _render(separator, mix_wave, out.features, [_blind_identities(diarizer, it) for it in items])
+                for j, it in enumerate(items):
+                    waves[j]["wave"] = (est[j], render[j], it.sources, it.mixture)
+                if figure_item is None:
+                    figure_item = next(((it, est[j], render[j]) for j, it in enumerate(items) if len(it.sources) == 2),
+                                       None)
         first = 0
         for j, it in enumerate(items):
             k = len(it.sources)
-            w = None if waves is None else (waves[j], render[j].numpy(), it.sources, it.mixture)
-            rows.append(score_mixture(slots[j], active[j], refs[first:first + k], mix_lat[j], str(it.mix_id), w))
+            rows.append(score_mixture(slots[j], active[j], refs[first:first + k], mix_lat[j], str(it.mix_id),
+                                      waves[j] or None))
             first += k
         if hook is not None:
             hook("routing", completed=done, total=len(starts))
@@ -243,8 +306,9 @@ def evaluate_routing(model: Any, mixtures, target_encoder: torch.nn.Module | Non
         summary["figure_mixture"] = str(it.mix_id)
     log.info("routing: count acc %.3f, PIT %.3f, SI-SDR %.2f dB, SI-SDRi %.2f dB on %d mixtures",
              summary["count_accuracy"], summary["pit_accuracy"], summary["si_sdr"], summary["si_sdri"], len(rows))
-    if "waveform" in summary:
-        log.info("separation: waveform SI-SDRi %.2f dB over %d matched sources (%d missed, %d extra)",
-                 summary["waveform"]["si_sdri"], summary["waveform"]["n_matched"], summary["waveform"]["n_missed"],
-                 summary["waveform"]["n_extra"])
+    for key in WAVE_BLOCKS.values():
+        if key in summary:
+            log.info("separation (%s): waveform SI-SDRi %.2f dB over %d matched sources (%d missed, %d extra)", key,
+                     summary[key]["si_sdri"], summary[key]["n_matched"], summary[key]["n_missed"],
+                     summary[key]["n_extra"])
     return summary

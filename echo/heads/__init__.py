@@ -10,7 +10,7 @@ boolean padding mask ``(B, T)`` (True = valid frame).
 - :mod:`echo.heads.ctc`: CTC phoneme head (continuous or through the VQ bottleneck), greedy decode.
 - :mod:`echo.heads.router`: null-target K-set prediction (slots + existence logits).
 - :mod:`echo.heads.pit`: Hungarian permutation-invariant matching and the K-set loss.
-- :mod:`echo.heads.separator`: the routing slots as waveforms (STFT masks, softmax over slots).
+- :mod:`echo.heads.separator`: each speaker of a mixture as a waveform from its identity (STFT masks, softmax over speakers).
 - :mod:`echo.heads.guard`: non-interference guards (freezing, latent distillation, L2-SP anchor).
 
 This package module only holds the checkpoint format shared by the heads (:class:`Checkpointed`,
@@ -170,11 +170,20 @@ class Checkpointed:
         """Rebuild a head written by :meth:`save` (on CPU, in eval mode).
 
         Raises:
-            EchoError / CacheMismatchError: see :func:`load_checkpoint`.
+            EchoError / CacheMismatchError: see :func:`load_checkpoint`; CacheMismatchError also when
+                the weights do not fit the head (written by a version with another architecture).
         """
         ck = load_checkpoint(path, cls.kind)
         head = cls.from_checkpoint(ck["config"], ck["extra"])
-        head.load_state_dict(ck["state_dict"])
+        try:
+            missing, unexpected = head.load_state_dict(ck["state_dict"], strict=False)
+        except RuntimeError:  # a tensor of another shape
+            missing, unexpected = ["(tensor shapes)"], []
+        if missing or unexpected:
+            raise CacheMismatchError(
+                f"{path}: {cls.kind} weights do not fit this version's {cls.__name__} (missing: "
+                f"{', '.join(missing[:3]) or 'none'}; unexpected: {', '.join(unexpected[:3]) or 'none'}); "
+                "written by another version of Echo, train it again") from None
         return head.eval()
 
 

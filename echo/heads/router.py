@@ -30,7 +30,7 @@ from echo.config import check_fields, need, rule, wired
 from echo.errors import EchoError
 from echo.heads import Checkpointed
 
-__all__ = ["RouterConfig", "RouterOutput", "SourceRouter", "active_slots", "rendered_slots"]
+__all__ = ["RouterConfig", "RouterOutput", "SourceRouter", "active_slots"]
 
 
 @dataclass(frozen=True)
@@ -73,16 +73,6 @@ def active_slots(exist_logits: torch.Tensor, threshold: float = 0.5) -> torch.Te
     ``active_slots(...).sum(1)`` is the estimated speaker count.
     """
     return torch.sigmoid(exist_logits) >= threshold
-
-
-def rendered_slots(active: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-    """Bool ``(B, k_max)``: the slots to render as audio: the ``active`` ones, and in a mixture
-    with none its highest-``score`` slot (existence logit or probability), so that the rendered
-    waveforms always account for the whole input."""
-    out = active.clone()
-    none = ~out.any(dim=1)
-    out[none, score[none].argmax(dim=1)] = True
-    return out
 
 
 class _AxialBlock(nn.Module):

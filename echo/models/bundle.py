@@ -10,7 +10,7 @@ A bundle is a directory::
     vq_ctc.pt     VQ bottleneck + CTC    (from stage 2)
     router.pt     SourceRouter           (from stage 3, "routing")
     segmentation.pt SegmentationHead     (from stage 4, "segmentation": local speakers with overlap)
-    separator.pt  SlotSeparator          (from stage 5, "separation": the routing slots as waveforms)
+    separator.pt  SpeakerSeparator     (from stage 5, "separation": each speaker as a waveform)
 
 Each specialisation stage writes the bundle of its state, so every stage (after pretraining,
 +speaker, +phonetic, +routing; continuous vs VQ transcription) can be evaluated the same way.
@@ -31,9 +31,9 @@ from echo.errors import CacheMismatchError, EchoError
 from echo.features import FrontEnd
 from echo.heads.arcface import ArcFaceLoss
 from echo.heads.ctc import CTCHead, PhoneInventory, ctc_greedy_decode
-from echo.heads.router import SourceRouter, rendered_slots
+from echo.heads.router import SourceRouter
 from echo.heads.segmentation import SegmentationHead
-from echo.heads.separator import SlotSeparator
+from echo.heads.separator import SpeakerSeparator
 from echo.heads.speaker import SpeakerHead
 from echo.io import atomic_dir, read_json, write_json
 from echo.models.vit import Encoder, EncoderOutput
@@ -49,7 +49,7 @@ BUNDLE_VERSION = 1
 STAGES = ("pretrain", "speaker", "phonetic", "routing", "segmentation", "separation")
 # the bundle's heads, each in its own checkpoint file (its class saves and loads itself)
 HEADS = {"speaker": SpeakerHead, "arcface": ArcFaceLoss, "ctc": CTCHead, "vq_ctc": CTCHead,
-         "router": SourceRouter, "segmentation": SegmentationHead, "separator": SlotSeparator}
+         "router": SourceRouter, "segmentation": SegmentationHead, "separator": SpeakerSeparator}
 # the bundle directory's file names (the one place they are spelled)
 BUNDLE_FILE = "bundle.json"
 ENCODER_FILE = "encoder.pt"
@@ -97,7 +97,7 @@ class EchoModel(nn.Module):
                  speaker: SpeakerHead | None = None, arcface: ArcFaceLoss | None = None,
                  ctc: CTCHead | None = None, vq_ctc: CTCHead | None = None,
                  router: SourceRouter | None = None, segmentation: SegmentationHead | None = None,
-                 separator: SlotSeparator | None = None, meta: dict[str, Any] | None = None) -> None:
+                 separator: SpeakerSeparator | None = None, meta: dict[str, Any] | None = None) -> None:
         super().__init__()
         if stage not in STAGES:
             raise EchoError(f"bundle stage: expected one of {STAGES}, got {stage!r}")
@@ -176,23 +176,23 @@ class EchoModel(nn.Module):
         return Routing(out.slots, prob, active, active.sum(dim=1))
 
     @torch.no_grad()
-    def separate(self, mixture: torch.Tensor, threshold: float = 0.5) -> tuple[torch.Tensor, Routing]:
+    def separate(self, mixture: torch.Tensor, identities: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """Separate mixture waveforms ``(B, samples)`` (at the front-end's rate, a few seconds each)
-        into one waveform per active slot.
+        into the speakers whose identities are given.
+
+        Args:
+            mixture: ``(B, samples)``.
+            identities: ``(B, S, E)`` speaker embeddings (the speaker head's, e.g. a diarization's).
+            active: bool ``(B, S)``, the speakers to render (>= 1 per row).
 
         Returns:
-            ``(waves, routing)``: ``waves`` ``(B, k_max, samples)``, zero on inactive slots, summing
-            to the mixture; ``routing`` as :meth:`route`, except that a mixture with no active slot
-            has its most probable slot made active (it renders the whole mixture, so the output
-            always accounts for the input).
+            ``(B, S, samples)``, zero for speakers not rendered, summing to the mixture.
         """
         sep = self._need("separator")
         dev = next(self.encoder.parameters()).device
         mels = torch.stack([torch.from_numpy(self.frontend.compute(m)) for m in mixture.float().cpu().numpy()])
         out = self.latents(mels)
-        r = self.route(out.features, out.mask, threshold)
-        active = rendered_slots(r.active, r.exist_prob)
-        return sep(mixture.to(dev).float(), r.slots, out.features, active), r._replace(active=active, count=active.sum(1))
+        return sep(mixture.to(dev).float(), identities.to(dev).float(), out.features, active.to(dev))
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

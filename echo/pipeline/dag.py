@@ -169,10 +169,11 @@ def nodes() -> list[Node]:
         params=("evaluation.bootstrap",), code=_code(*diar_code), metrics=("results/diarization_real.json",), threads=2))
     out.append(Node(
         "separation", "evaluation", "separation",
-        deps=("models/stages/separation", "models/stages/phonetic", "data/sim/mixtures/test", "models/pretrain"),
+        deps=("models/stages/separation", "models/stages/phonetic", "data/sim/mixtures/test", "models/pretrain",
+              "models/echo"),
         outs=("results/figures/separation.png",), params=("evaluation.separation",),
         code=_code("echo/evaluate/separation.py", "echo/metrics/separation.py", "echo/heads/router.py",
-                   "echo/heads/separator.py", "echo/evaluate/figures.py"),
+                   "echo/heads/separator.py", "echo/stages/separation.py", "echo/evaluate/figures.py", *diar_code),
         metrics=("results/separation.json",), threads=2))
     out.append(Node(
         "tables", "report", "tables",

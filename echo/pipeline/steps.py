@@ -340,7 +340,7 @@ def segmentation_stage(node, raw, run):
 
 
 def separation_stage(node, raw, run):
-    """Stage 5: the slot separator (routing slots as waveforms) on the frozen routing model (train mixtures)."""
+    """Stage 5: the speaker separator (each speaker as a waveform) on the frozen final encoder (train mixtures)."""
     from echo.simulate.mixtures import MixtureSet
     from echo.stages.separation import train_separation_stage
 
@@ -363,7 +363,7 @@ def backend(node, raw, run):
     from echo.simulate.conversations import ConversationSet
 
     model = EchoModel.load(Path(node.deps[0]) / "bundle")
-    # the deployable model also renders the routing slots as audio (`echo separate`)
+    # the deployable model also renders each speaker as audio (`echo separate`)
     model.separator = EchoModel.load(Path(node.deps[3]) / "bundle").separator
     dcfg = load_section(raw, "evaluation.diarizer")
     plda = fit_backend(model, ConversationSet(node.deps[1]), dcfg, load_section(raw, "evaluation.backend"))
@@ -456,19 +456,21 @@ def diarization_real(node, raw, run):
 
 
 def separation(node, raw, run):
-    """Routing and separation of the TEST mixtures: count and PIT accuracy, latent and waveform SI-SDR(i), by K."""
+    """Routing and separation of the TEST mixtures: count and PIT accuracy, latent and waveform SI-SDR(i), by K
+    (waveforms blind: the speakers the deployable diarizer finds in each mixture)."""
+    from echo.diarization.diarizer import Diarizer
     from echo.evaluate.separation import evaluate_routing
     from echo.models.bundle import EchoModel
     from echo.simulate.mixtures import MixtureSet
 
-    separation_stage, phonetic, mixtures, pretrained = node.deps
+    separation_stage, phonetic, mixtures, pretrained, deployed = node.deps
     model = EchoModel.load(Path(separation_stage) / "bundle")
     target_src = model.meta.get("routing_target", "stage2")
     target = (_load_model(Path(pretrained)) if target_src == "pretrain"
               else EchoModel.load(Path(phonetic) / "bundle").encoder)
     out = evaluate_routing(model, MixtureSet(mixtures), target_encoder=target,
                            config=load_section(raw, "evaluation.separation"), hook=NodeProgress(),
-                           figure=node.outs[0])
+                           figure=node.outs[0], diarizer=Diarizer.from_pretrained(deployed, device=_device()))
     write_json(node.metrics[0], out)
     if run:
         run.log_metrics(_flat_numbers(out))

@@ -94,3 +94,46 @@ def test_needs_a_router_and_valid_config():
         evaluate_routing(tiny_parts(router=False), _mixtures(1))
     with pytest.raises(ConfigError, match="SeparationConfig.threshold"):
         SeparationConfig(threshold=1.0)
+
+
+def test_waveforms_are_scored_blind_from_the_diarizer_and_from_the_clean_activity():
+    from types import SimpleNamespace
+
+    from echo.heads.separator import SeparatorConfig, SpeakerSeparator
+
+    parts = tiny_parts()
+    torch.manual_seed(0)
+    parts.separator = SpeakerSeparator(SeparatorConfig(d_model=32, identity_dim=16, width=8, hidden=8, num_blocks=2,
+                                                       num_heads=2, slot_attention_every=1)).eval()
+    calls = []
+
+    def diarize(wave, uri=None):  # finds nobody in mix0, else at most two speakers
+        calls.append(uri)
+        k = 0 if uri == "mix0" else min(2, 1 + int(uri[3:]) % 3)
+        return SimpleNamespace(speaker_embeddings=np.eye(16, dtype=np.float32)[:k])
+
+    mixes = _mixtures(6)  # K = 1, 2, 3, 1, 2, 3
+    s = evaluate_routing(parts, mixes, config=SeparationConfig(batch_size=4, bootstrap=B),
+                         diarizer=_Callable(diarize, SimpleNamespace(separator=parts.separator)))
+    assert calls == [m.mix_id for m in mixes]
+    # nobody found: the whole mixture is one source; three speakers heard as two: one missed
+    assert [r["wave_k_hat"] for r in s["per_mixture"]] == [1, 2, 2, 1, 2, 2]
+    w, c = s["waveform"], s["waveform_clean_activity"]
+    assert (w["n_missed"], w["n_extra"], w["n_matched"]) == (2, 0, 10)
+    assert w["count_accuracy"] == pytest.approx(4 / 6)
+    assert (c["n_missed"], c["n_extra"], c["n_matched"], c["count_accuracy"]) == (0, 0, 12, 1.0)
+    assert s["by_k"]["3"]["waveform"]["n_missed"] == 2 and s["by_k"]["1"]["waveform"]["si_sdri"] == pytest.approx(0, abs=1e-6)
+    assert np.isfinite(s["multi_speaker"]["waveform"]["si_sdri"])
+    # without a diarizer only the clean-activity diagnostic is scored
+    s2 = evaluate_routing(parts, mixes, config=SeparationConfig(bootstrap=B))
+    assert "waveform" not in s2 and s2["waveform_clean_activity"]["n_matched"] == 12
+
+
+class _Callable:
+    """A stand-in diarizer: ``model.separator`` and ``__call__(wave, uri=...)``."""
+
+    def __init__(self, fn, model):
+        self.fn, self.model = fn, model
+
+    def __call__(self, wave, uri=None):
+        return self.fn(wave, uri=uri)

@@ -3,7 +3,7 @@ import torch
 
 from echo.errors import ConfigError
 from echo.heads.pit import KSetLoss
-from echo.heads.router import RouterConfig, SourceRouter, active_slots, rendered_slots
+from echo.heads.router import RouterConfig, SourceRouter, active_slots
 
 D, K_MAX, T = 16, 3, 8
 
@@ -75,11 +75,3 @@ def test_save_load_bit_identical(tmp_path):
     assert torch.equal(a.slots, b.slots) and torch.equal(a.exist_logits, b.exist_logits)
     with pytest.raises(ConfigError):
         RouterConfig(width=30, num_heads=4)
-
-
-def test_rendered_slots_are_the_active_ones_or_the_most_probable():
-    active = torch.tensor([[False, True, True], [False, False, False]])
-    score = torch.tensor([[0.9, 0.1, 0.2], [0.1, 0.4, 0.3]])
-    out = rendered_slots(active, score)
-    assert out.tolist() == [[False, True, True], [False, True, False]]
-    assert active.tolist() == [[False, True, True], [False, False, False]]  # the input is not changed

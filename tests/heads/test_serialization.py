@@ -8,7 +8,7 @@ from echo.heads.arcface import ArcFaceConfig, ArcFaceLoss
 from echo.heads.ctc import CTCConfig, CTCHead, PhoneInventory
 from echo.heads.router import RouterConfig, SourceRouter
 from echo.heads.segmentation import SegmentationConfig, SegmentationHead
-from echo.heads.separator import SeparatorConfig, SlotSeparator
+from echo.heads.separator import SeparatorConfig, SpeakerSeparator
 from echo.heads.speaker import SpeakerConfig, SpeakerHead
 from echo.heads.vq import VectorQuantizer, VQConfig
 
@@ -30,10 +30,10 @@ HEADS = {
     "router": (lambda: SourceRouter(RouterConfig(d_model=D, k_max=3, width=16, num_layers=1, num_heads=2)),
                lambda h, x, m: h(x, m).slots),
     "segmentation": (lambda: SegmentationHead(SegmentationConfig(d_model=D, width=8)), lambda h, x, m: h(x, m)),
-    "separator": (lambda: SlotSeparator(SeparatorConfig(d_model=D, width=8, hidden=8, num_blocks=2, num_heads=2,
-                                                        slot_attention_every=1)),
+    "separator": (lambda: SpeakerSeparator(SeparatorConfig(d_model=D, identity_dim=D, width=8, hidden=8, num_blocks=2,
+                                                           num_heads=2, slot_attention_every=1)),
                   lambda h, x, m: h(torch.sin(0.01 * torch.arange(x.shape[1] * 640.0)).repeat(x.shape[0], 1),
-                                    torch.stack([x, -x], 1), x, torch.ones(x.shape[0], 2, dtype=torch.bool))),
+                                    torch.stack([x.mean(1), -x.mean(1)], 1), x, torch.ones(x.shape[0], 2, dtype=torch.bool))),
 }
 
 
@@ -72,3 +72,22 @@ def test_a_checkpoint_of_another_head_is_refused(tmp_path):
     _trained("router").save(tmp_path / "router.pt")
     with pytest.raises(CacheMismatchError, match="expected a 'segmentation' head checkpoint, got 'router'"):
         SegmentationHead.load(tmp_path / "router.pt")
+
+
+def test_weights_of_another_architecture_are_one_line(tmp_path):
+    """A checkpoint whose weights do not fit the head (an older version's layout) is refused by name."""
+    from echo.heads import save_checkpoint
+
+    head = SpeakerSeparator(SeparatorConfig(d_model=D, identity_dim=D, width=8, hidden=8, num_blocks=2, num_heads=2,
+                                            slot_attention_every=1))
+    state = {k: v for k, v in head.state_dict().items() if not k.startswith("identity_in.")}
+    state["slot_in.weight"] = torch.zeros(8, D)
+    save_checkpoint(tmp_path / "old.pt", "separator", head.config, state, {})
+    with pytest.raises(CacheMismatchError, match=r"old\.pt: separator weights do not fit this version's SpeakerSeparator "
+                                                 r"\(missing: identity_in\.weight, identity_in\.bias; unexpected: "
+                                                 r"slot_in\.weight\)"):
+        SpeakerSeparator.load(tmp_path / "old.pt")
+    state = dict(head.state_dict(), **{"out.bias": torch.zeros(3)})
+    save_checkpoint(tmp_path / "shape.pt", "separator", head.config, state, {})
+    with pytest.raises(CacheMismatchError, match="tensor shapes"):
+        SpeakerSeparator.load(tmp_path / "shape.pt")

@@ -608,8 +608,8 @@ rule diarization_real:
 # stage: evaluation
 rule separation:
     input:
-        data=["models/stages/separation", "models/stages/phonetic", "data/sim/mixtures/test", "models/pretrain"],
-        code=["echo/pipeline/steps.py", "echo/evaluate/separation.py", "echo/metrics/separation.py", "echo/heads/router.py", "echo/heads/separator.py", "echo/evaluate/figures.py"],
+        data=["models/stages/separation", "models/stages/phonetic", "data/sim/mixtures/test", "models/pretrain", "models/echo"],
+        code=["echo/pipeline/steps.py", "echo/evaluate/separation.py", "echo/metrics/separation.py", "echo/heads/router.py", "echo/heads/separator.py", "echo/stages/separation.py", "echo/evaluate/figures.py", "echo/evaluate/diarize.py", "echo/diarization/diarizer.py", "echo/diarization/backend.py", "echo/diarization/plda.py", "echo/diarization/ahc.py", "echo/diarization/vbx.py", "echo/heads/segmentation.py", "echo/metrics/der.py", "echo/inference.py", "echo/audio.py"],
     output:
         "results/figures/separation.png",
         metrics=["results/separation.json"],

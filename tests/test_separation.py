@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from pyannote.core import Annotation, Segment
 
 from echo.diarization.diarizer import BlockReader, Diarizer, DiarizeOutput

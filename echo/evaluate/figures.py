@@ -255,7 +255,7 @@ def plot_separation(mixture: np.ndarray, separated: np.ndarray, references: np.n
     axes[0, 1].axis("off")
     for i in range(1, rows):
         if i - 1 < len(separated):
-            show(axes[i, 0], separated[i - 1], f"separated slot {i}")
+            show(axes[i, 0], separated[i - 1], f"separated speaker {i}")
         else:
             axes[i, 0].axis("off")
         if i - 1 < len(references):

@@ -50,6 +50,7 @@ from echo.metrics.bootstrap import BootstrapConfig, bootstrap_ci
 from echo.metrics.separation import evaluate_separation, evaluate_waveforms, speaker_count_accuracy
 from echo.progress import Hook
 from echo.simulate.mixtures import spread_indices
+from echo.stages.separation import SeparationStageConfig, padded_identities, solo_identities, token_activity
 
 __all__ = ["SeparationConfig", "score_mixture", "summarise_separation", "evaluate_routing"]
 
@@ -192,12 +193,7 @@ def summarise_separation(rows: Sequence[dict], bootstrap: BootstrapConfig = Boot
 def _render(separator, mixture: torch.Tensor, latent: torch.Tensor, identities: list[np.ndarray]):
     """Each mixture's speakers rendered from their identities ``(K_i, E)`` (K_i >= 1):
     ``(B, S, N)`` waveforms and the ``(B, S)`` rendered mask."""
-    s = max(len(x) for x in identities)
-    ident = torch.zeros(len(identities), s, separator.config.identity_dim)
-    render = torch.zeros(len(identities), s, dtype=torch.bool)
-    for i, x in enumerate(identities):
-        ident[i, :len(x)] = torch.as_tensor(np.asarray(x, np.float32))
-        render[i, :len(x)] = True
+    ident, render = padded_identities(identities, separator.config.identity_dim)
     dev = mixture.device
     waves = separator(mixture, ident.to(dev), latent, render.to(dev)).float().cpu().numpy()
     return waves, render.numpy()
@@ -237,8 +233,6 @@ def evaluate_routing(model: Any, mixtures, target_encoder: torch.nn.Module | Non
     Returns:
         :func:`summarise_separation`'s dict plus ``threshold``, ``wall_s`` and ``target``.
     """
-    from echo.stages.separation import SeparationStageConfig, solo_identities, token_activity
-
     parts = model_parts(model)
     if parts.router is None:
         raise EchoError("evaluate separation: the model has no router; expected the routing-stage bundle")

@@ -45,8 +45,8 @@ from echo.simulate.mixtures import spread_indices
 from echo.train.schedules import WarmupCosine
 from echo.train.trainer import fit_head, module_sha, param_groups, write_rows
 
-__all__ = ["SeparationStageConfig", "EncodedMixtures", "encode_mixtures", "pooling_masks", "solo_identities", "token_activity",
-           "train_separation_stage"]
+__all__ = ["SeparationStageConfig", "EncodedMixtures", "encode_mixtures", "padded_identities", "pooling_masks",
+           "solo_identities", "token_activity", "train_separation_stage"]
 
 log = logging.getLogger(__name__)
 
@@ -191,15 +191,15 @@ def encode_mixtures(model, mixtures, active_rms: float, min_solo_tokens: int, ma
     return EncodedMixtures(np.stack(mix), srcs, torch.cat(lat), ident, ids, sorted(speakers))
 
 
-def _identities(data: EncodedMixtures, rows) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, K_max, E)`` identities and ``(B, K_max)`` bool: every source of each row rendered."""
-    k = max(len(data.identity[r]) for r in rows)
-    e = data.identity[rows[0]].shape[1]
-    ident = torch.zeros(len(rows), k, e)
-    active = torch.zeros(len(rows), k, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ident[i, :len(data.identity[r])] = data.identity[r]
-        active[i, :len(data.identity[r])] = True
+def padded_identities(identities, identity_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of per-mixture identities ``(K_i, E)`` (K_i >= 1) as the separator takes them:
+    ``(B, max K_i, E)`` zero-padded, and the ``(B, max K_i)`` bool mask of the speakers to render."""
+    k = max(len(x) for x in identities)
+    ident = torch.zeros(len(identities), k, identity_dim)
+    active = torch.zeros(len(identities), k, dtype=torch.bool)
+    for i, x in enumerate(identities):
+        ident[i, :len(x)] = torch.as_tensor(np.asarray(x, np.float32))
+        active[i, :len(x)] = True
     return ident, active
 
 
@@ -218,7 +218,7 @@ def _train_batch(data: EncodedMixtures, rows: np.ndarray, crop_tokens: int, patc
             if float(np.sqrt(np.mean(ref ** 2))) >= min_rms:
                 est_idx.append((i, q))
                 refs.append(ref)
-    ident, active = _identities(data, rows)
+    ident, active = padded_identities([data.identity[r] for r in rows], data.identity[rows[0]].shape[1])
     return (torch.from_numpy(np.stack(mix)).to(device), ident.to(device), torch.stack(lat).float().to(device),
             active.to(device), est_idx, torch.from_numpy(np.stack(refs)).to(device) if refs else None)
 
@@ -233,7 +233,7 @@ def evaluate_dev(separator: SpeakerSeparator, data: EncodedMixtures, device: tor
     missed = extra = 0
     for a in range(0, len(data.mixture), batch_size):
         rows = np.arange(a, min(len(data.mixture), a + batch_size))
-        ident, act = _identities(data, rows)
+        ident, act = padded_identities([data.identity[r] for r in rows], data.identity[rows[0]].shape[1])
         waves = separator(torch.from_numpy(data.mixture[rows]).to(device), ident.to(device),
                           data.latent[rows].float().to(device), act.to(device)).float().cpu().numpy()
         for j, r in enumerate(rows):

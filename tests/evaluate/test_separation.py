@@ -92,6 +92,14 @@ def test_copying_router_has_zero_improvement_and_full_count():
 def test_needs_a_router_and_valid_config():
     with pytest.raises(EchoError, match="router"):
         evaluate_routing(tiny_parts(router=False), _mixtures(1))
+    from echo.heads.separator import SeparatorConfig, SpeakerSeparator
+
+    no_speaker = tiny_parts()
+    no_speaker.separator = SpeakerSeparator(SeparatorConfig(d_model=32, identity_dim=16, width=8, hidden=8,
+                                                            num_blocks=2, num_heads=2, slot_attention_every=1))
+    no_speaker.speaker = None
+    with pytest.raises(EchoError, match="has a separator but no speaker head to give identities"):
+        evaluate_routing(no_speaker, _mixtures(1))
     with pytest.raises(ConfigError, match="SeparationConfig.threshold"):
         SeparationConfig(threshold=1.0)
 

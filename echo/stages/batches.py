@@ -4,6 +4,8 @@
   speakers (from a :class:`echo.features.FeatureCache`).
 - :class:`CropSampler`: random crops with speaker labels and CTC phone targets; the crops of step
   ``s`` depend only on ``(seed, s, stream)``, so a resumed stage sees exactly the same batches.
+- :class:`SpecAugmentConfig` / :func:`spec_augment`: frequency and time masks on the training
+  crops (SpecAugment), drawn from the same per-step generator family.
 - :func:`dev_batches`: a fixed, ordered set of whole dev utterances (capped in length).
 - :class:`MixtureFeatures`: log-mels of a :class:`echo.simulate.mixtures.MixtureSet`'s mixtures
   and of each isolated source, computed once.
@@ -14,22 +16,83 @@ unknown (-1) frames dropped (collapsing first keeps a phone repeated across a pa
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 
+from echo.config import check_fields, need, rule
 from echo.corpus.manifest import SILENCE
 from echo.errors import CacheMismatchError, EchoError
 from echo.heads.ctc import PhoneInventory, pad_targets
 from echo.models.masks import step_rng
 from echo.simulate.mixtures import spread_indices
 
-__all__ = ["LabelledFrames", "CropBatch", "CropSampler", "dev_batches", "phone_lookup", "ctc_targets",
-           "MixtureFeatures", "mixture_indices"]
+__all__ = ["LabelledFrames", "CropBatch", "CropSampler", "SpecAugmentConfig", "spec_augment", "dev_batches",
+           "phone_lookup", "ctc_targets", "MixtureFeatures", "mixture_indices"]
 
 log = logging.getLogger(__name__)
+
+SPEC_AUGMENT_STREAM = 0x73706563  # "spec": the masks' own draws, so crops do not change when masks are on
+
+
+@dataclass(frozen=True)
+class SpecAugmentConfig:
+    """SpecAugment (Park et al., 2019) on a stage's training crops (``stages.<stage>.spec_augment``).
+
+    Each crop gets ``freq_masks`` bands of 0..``freq_width`` mel bins and ``time_masks`` spans of
+    0..``time_width`` frames (inside its valid frames) set to the encoder's mean log-mel of each bin,
+    i.e. to zero after the encoder's input normalisation. Dev batches are never masked.
+
+    Attributes:
+        freq_masks: frequency masks per crop (0 = none; 0..8).
+        freq_width: widest frequency mask in mel bins (>= 1 when ``freq_masks`` > 0).
+        time_masks: time masks per crop (0 = none; 0..8).
+        time_width: widest time mask in 10 ms frames (>= 1 when ``time_masks`` > 0).
+    """
+
+    freq_masks: int = field(default=0, metadata=rule(ge=0, le=8))
+    freq_width: int = field(default=0, metadata=rule(ge=0))
+    time_masks: int = field(default=0, metadata=rule(ge=0, le=8))
+    time_width: int = field(default=0, metadata=rule(ge=0))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        need(self, self.freq_masks == 0 or self.freq_width >= 1, "freq_width", "an integer >= 1 with freq_masks > 0",
+             self.freq_width)
+        need(self, self.time_masks == 0 or self.time_width >= 1, "time_width", "an integer >= 1 with time_masks > 0",
+             self.time_width)
+
+    @property
+    def active(self) -> bool:
+        return self.freq_masks > 0 or self.time_masks > 0
+
+
+def spec_augment(mels: np.ndarray, lengths: np.ndarray, fill: np.ndarray, cfg: SpecAugmentConfig,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Mask ``mels`` ``(B, T, n_mels)`` in place with SpecAugment's frequency and time masks.
+
+    Written here rather than with ``torchaudio.functional.mask_along_axis_iid`` because the masks
+    must come from the sampler's per-step generator (a resumed stage sees the same batches), stay
+    inside each crop's ``lengths`` (torchaudio's span the padding too) and fill each bin with its
+    own value ``fill`` ``(n_mels,)`` (torchaudio fills one scalar).
+
+    Returns:
+        ``mels``.
+    """
+    b, _, n_mels = mels.shape
+    for i in range(b):
+        n = int(lengths[i])
+        for _ in range(cfg.freq_masks):
+            w = int(rng.integers(0, min(cfg.freq_width, n_mels) + 1))
+            f0 = int(rng.integers(0, n_mels - w + 1))
+            mels[i, :n, f0:f0 + w] = fill[f0:f0 + w]
+        for _ in range(cfg.time_masks):
+            w = int(rng.integers(0, min(cfg.time_width, n) + 1))
+            t0 = int(rng.integers(0, n - w + 1))
+            mels[i, t0:t0 + w] = fill
+    return mels
 
 
 def phone_lookup(cache_inventory: Sequence[str]) -> tuple[PhoneInventory, np.ndarray]:
@@ -173,17 +236,25 @@ class CropSampler:
         noisy: an augmented copy of ``data`` (same utterances, lengths and labels; see
             :mod:`echo.simulate.augment`), or None.
         noisy_prob: share of crops cut from ``noisy`` instead of ``data`` (labels stay ``data``'s).
+        spec_augment: masks applied to every crop (see :func:`spec_augment`); None or inactive = none.
+        fill: ``(n_mels,)`` value of a masked bin (the encoder's ``mel_mean``); needed with masks.
     """
 
     def __init__(self, data: LabelledFrames, crop_frames: int, batch_size: int, seed: int, stream: int,
                  speakers: Sequence[str] | None = None, min_frames: int = 8,
-                 noisy: LabelledFrames | None = None, noisy_prob: float = 0.0) -> None:
+                 noisy: LabelledFrames | None = None, noisy_prob: float = 0.0,
+                 spec_augment: SpecAugmentConfig | None = None, fill: np.ndarray | None = None) -> None:
         self.data, self.crop, self.batch_size, self.seed, self.stream = data, int(crop_frames), int(batch_size), int(seed), int(stream)
         if noisy_prob > 0 and noisy is None:
             raise EchoError("stage data: noisy_prob > 0 needs the augmented copy of the training cache")
         if noisy is not None:
             data.check_same_utterances(noisy, "augmented training cache")
         self.noisy, self.noisy_prob = noisy, float(noisy_prob)
+        self.spec_augment = spec_augment if spec_augment is not None and spec_augment.active else None
+        if self.spec_augment is not None:
+            if fill is None or np.shape(fill) != (data.frames.shape[1],):
+                raise EchoError(f"stage data: spec_augment needs a fill value per mel bin ({data.frames.shape[1]})")
+            self.fill = np.asarray(fill, np.float32)
         self.speakers = list(speakers) if speakers is not None else data.speaker_names
         self.speaker_index = {s: i for i, s in enumerate(self.speakers)}
         self.inventory, self.lookup = phone_lookup(data.cache_inventory)
@@ -204,8 +275,12 @@ class CropSampler:
         if self.noisy is not None and self.noisy_prob > 0:  # drawn last: clean-only runs keep their crops
             use = rng.random(self.batch_size) < self.noisy_prob
             frames_of = [self.noisy.frames if u else self.data.frames for u in use]
-        return _assemble(self.data, rows, self.data.offsets[rows] + within, sizes, int(sizes.max()),
-                         self.speaker_index, self.lookup, step, frames_of)
+        out = _assemble(self.data, rows, self.data.offsets[rows] + within, sizes, int(sizes.max()),
+                        self.speaker_index, self.lookup, step, frames_of)
+        if self.spec_augment is not None:
+            spec_augment(out.mels.numpy(), sizes, self.fill, self.spec_augment,
+                         step_rng(self.seed, step, self.stream ^ SPEC_AUGMENT_STREAM))
+        return out
 
 
 def dev_batches(data: LabelledFrames, max_utts: int, max_frames: int, batch_size: int,

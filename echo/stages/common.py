@@ -44,7 +44,7 @@ from echo.heads.vq import codebook_perplexity
 from echo.io import write_json
 from echo.models.bundle import BUNDLE_FILE, EchoModel
 from echo.models.vit import Encoder
-from echo.stages.batches import CropBatch, CropSampler, LabelledFrames, dev_batches
+from echo.stages.batches import CropBatch, CropSampler, LabelledFrames, SpecAugmentConfig, dev_batches
 from echo.train.schedules import WarmupCosine
 from echo.train.trainer import (amp_dtype, autocast, check_finite, optimizer_step, param_groups, restore_state,
                                 rows_until, save_state, seed_dropout, trajectory, write_rows)
@@ -112,6 +112,9 @@ class StageConfig:
             utterances (``simulation.augmentation``) instead of the clean ones, in [0, 1]; the test
             conversations are noisy, and a stage that never heard noise detects speech and
             embeds speakers poorly there.
+        spec_augment: :class:`~echo.stages.batches.SpecAugmentConfig`, frequency and time masks on
+            the training crops of clean utterances (the speaker and phonetic stages' crops, the
+            routing stage's replay crops; default: none).
     """
 
     SECTION: ClassVar[str] = "stages"
@@ -135,6 +138,7 @@ class StageConfig:
     dev_max_s: float = field(default=6.0, metadata=rule(gt=0))
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     noisy_prob: float = field(default=0.0, metadata=rule(ge=0, le=1))
+    spec_augment: SpecAugmentConfig = SpecAugmentConfig()
 
     # settings that do not change the trajectory (a resumed run may change them)
     NON_TRAJECTORY: ClassVar[tuple[str, ...]] = ("checkpoint_every", "log_every")
@@ -329,7 +333,8 @@ class StageTrainer:
         patch = self.start.encoder.cfg.patch_frames
         self.sampler = CropSampler(self.train_data, cfg.crop_frames(self.train_data.frame_rate, patch), cfg.batch_size,
                                    cfg.seed, crop_stream, speakers, min_frames=patch * 2,
-                                   noisy=self.noisy_data, noisy_prob=cfg.noisy_prob)
+                                   noisy=self.noisy_data, noisy_prob=cfg.noisy_prob, spec_augment=cfg.spec_augment,
+                                   fill=self.start.encoder.mel_mean.detach().cpu().numpy())
         self.dev_set = dev_batches(self.dev_data, cfg.dev_max_utts, int(round(cfg.dev_max_s * self.dev_data.frame_rate)),
                                    cfg.batch_size, min_frames=patch * 2)
 

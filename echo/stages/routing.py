@@ -171,7 +171,8 @@ class RoutingStage(StageTrainer):
             noisy = self._noisy(train_data, noisy_cache)
             self.clean = CropSampler(train_data, cfg.crop_frames(train_data.frame_rate, patch), cfg.clean_batch_size,
                                      cfg.seed, CLEAN_STREAM, speakers, min_frames=patch * 2,
-                                     noisy=noisy, noisy_prob=cfg.noisy_prob)
+                                     noisy=noisy, noisy_prob=cfg.noisy_prob, spec_augment=cfg.spec_augment,
+                                     fill=s.encoder.mel_mean.detach().cpu().numpy())
             data_fp.update(self._data_fingerprint_of(train=train_data, noisy=noisy))
         self.dev_clean = None
         if dev_cache is not None:  # monitors of the earlier stages' abilities

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from echo.errors import CacheMismatchError, EchoError
-from echo.stages.batches import CropSampler, LabelledFrames, ctc_targets, dev_batches, mixture_indices, phone_lookup
+from echo.errors import ConfigError
+from echo.stages.batches import (CropSampler, LabelledFrames, SpecAugmentConfig, ctc_targets, dev_batches, mixture_indices,
+                                  phone_lookup, spec_augment)
 
 from tests.stages.helpers import build_world
 
@@ -110,3 +112,55 @@ def test_noisy_copy_must_be_of_the_same_utterances(world):
         CropSampler(clean, 60, 4, seed=0, stream=1, noisy=dev, noisy_prob=0.5)
     with pytest.raises(EchoError, match="noisy_prob > 0 needs the augmented copy"):
         CropSampler(clean, 60, 4, seed=0, stream=1, noisy_prob=0.5)
+
+
+def test_spec_augment_masks_bands_and_spans_inside_each_crop():
+    rng = np.random.default_rng(0)
+    mels = rng.normal(size=(4, 50, 20)).astype(np.float32) + 10.0
+    lengths = np.array([50, 30, 12, 50])
+    mels[1, 30:] = mels[2, 12:] = 0.0  # padding
+    fill = np.arange(20, dtype=np.float32)
+    out = spec_augment(mels.copy(), lengths, fill, SpecAugmentConfig(1, 5, 0, 0), np.random.default_rng(1))
+    for i, n in enumerate(lengths):
+        masked = np.flatnonzero((out[i, :n] == fill).all(axis=0))  # whole bins set to their fill value
+        assert masked.size <= 5
+        if masked.size:  # one contiguous band
+            assert np.array_equal(masked, np.arange(masked.min(), masked.max() + 1))
+        assert (out[i, n:] == 0).all()  # padding untouched
+        changed = np.flatnonzero((out[i, :n] != mels[i, :n]).any(axis=0))
+        assert np.array_equal(changed, masked)
+    out = spec_augment(mels.copy(), lengths, fill, SpecAugmentConfig(0, 0, 2, 8), np.random.default_rng(2))
+    for i, n in enumerate(lengths):
+        masked = np.flatnonzero((out[i] == fill).all(axis=1))
+        assert masked.size <= 16 and (masked < n).all()
+        assert np.array_equal(np.flatnonzero((out[i] != mels[i]).any(axis=1)), masked)
+    # wide masks do reach their width: over many crops some span is 8 frames, none wider
+    many = spec_augment(np.full((200, 50, 20), 10.0, np.float32), np.full(200, 50), fill,
+                        SpecAugmentConfig(0, 0, 1, 8), np.random.default_rng(3))
+    widths = [(m == fill).all(axis=1).sum() for m in many]
+    assert max(widths) == 8 and min(widths) == 0
+
+
+def test_spec_augment_config_needs_widths_with_masks():
+    assert not SpecAugmentConfig().active and SpecAugmentConfig(time_masks=1, time_width=3).active
+    with pytest.raises(ConfigError, match="freq_width"):
+        SpecAugmentConfig(freq_masks=2)
+    with pytest.raises(ConfigError, match="time_width"):
+        SpecAugmentConfig(time_masks=1, time_width=0)
+
+
+def test_sampler_masks_are_reproducible_and_leave_crops_and_targets_alone(world):
+    data = LabelledFrames.from_cache(world["train"])
+    fill = np.zeros(80, np.float32) - 3.0
+    plain = CropSampler(data, 100, 6, seed=3, stream=7)
+    cfg = SpecAugmentConfig(2, 10, 2, 10)
+    a = CropSampler(data, 100, 6, seed=3, stream=7, spec_augment=cfg, fill=fill)
+    b = CropSampler(data, 100, 6, seed=3, stream=7, spec_augment=cfg, fill=fill)
+    x, y, p = a.batch(5), b.batch(5), plain.batch(5)
+    assert torch.equal(x.mels, y.mels) and not torch.equal(x.mels, p.mels)
+    for u, v in zip(x[1:-1], p[1:-1]):  # same crops, lengths, speakers, targets
+        assert torch.equal(u, v)
+    diff = x.mels != p.mels
+    assert bool(((x.mels == -3.0) | ~diff).all())  # every change is a fill
+    with pytest.raises(EchoError, match="fill value per mel bin"):
+        CropSampler(data, 100, 6, seed=3, stream=7, spec_augment=cfg)

@@ -9,6 +9,7 @@ import torch
 from echo.errors import ConfigError
 from echo.heads.guard import latent_distillation_loss
 from echo.models.bundle import EchoModel
+from echo.stages.batches import SpecAugmentConfig
 from echo.stages.common import StageGuardConfig
 from echo.stages.phonetic import PhoneticStage, PhoneticStageConfig
 
@@ -90,6 +91,22 @@ def test_guard_and_replay_are_computed_against_stage_one(world, tmp_path):
         for k, v in stage1.get_submodule(name).state_dict().items():
             assert torch.equal(v, trainer.models[name].state_dict()[k]), (name, k)
     assert not torch.equal(stage1.encoder.blocks[0].mlp.fc1.weight, trainer.encoder.blocks[0].mlp.fc1.weight)
+
+
+def test_spec_augment_masks_training_crops_with_the_encoder_mean(world, tmp_path):
+    plain = PhoneticStage(_cfg(), world["stage1"], world["train"], world["dev"], tmp_path / "plain")
+    masked = PhoneticStage(_cfg(spec_augment=SpecAugmentConfig(time_masks=2, time_width=20)), world["stage1"],
+                           world["train"], world["dev"], tmp_path / "masked")
+    a, b = plain.sampler.batch(3), masked.sampler.batch(3)
+    assert torch.equal(a.targets, b.targets) and torch.equal(a.lengths, b.lengths)
+    changed = (a.mels != b.mels).any(dim=2)  # (B, T): masked frames
+    assert bool(changed.any())
+    mean = masked.encoder.mel_mean
+    assert torch.allclose(b.mels[changed], mean.expand(int(changed.sum()), -1))
+    # after the encoder's input normalisation a masked frame is zero
+    assert float(((b.mels[changed] - mean) / masked.encoder.mel_std).abs().max()) < 1e-6
+    parts = masked.train_step()  # trains on masked crops
+    assert float(parts["ctc"]) > 0 and np.isfinite(float(parts["ctc"]))
 
 
 def test_replay_needs_the_heads(world, tmp_path):
